@@ -1,0 +1,3 @@
+from netagent.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""Effective privileges: root, or the capabilities the sensors need."""
+
+import os
+
+from netagent.errors import InsufficientPrivilege
+
+# Capability numbers from linux/capability.h (stable ABI).
+CAPABILITIES = {
+    "CAP_NET_ADMIN": 12,
+    "CAP_NET_RAW": 13,
+    "CAP_SYS_ADMIN": 21,
+    "CAP_SYS_RESOURCE": 24,
+    "CAP_PERFMON": 38,
+    "CAP_BPF": 39,
+}
+
+
+def effective_capabilities() -> set[str]:
+    """Names of the capabilities in this process's effective set."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    mask = int(line.split()[1], 16)
+                    return {name for name, bit in CAPABILITIES.items() if mask >> bit & 1}
+    except OSError:
+        pass
+    return set()
+
+
+def missing_for_bpf() -> list[str]:
+    """Capabilities missing to load and attach tracing BPF programs."""
+    caps = effective_capabilities()
+    if "CAP_SYS_ADMIN" in caps:
+        return []
+    return [c for c in ("CAP_BPF", "CAP_PERFMON") if c not in caps]
+
+
+def require_bpf(action: str = "attach BPF programs") -> None:
+    missing = missing_for_bpf()
+    if missing:
+        who = "root" if os.geteuid() != 0 else f"uid {os.geteuid()}"
+        raise InsufficientPrivilege(
+            f"need root or {' + '.join(missing)} to {action} (running as {who} without them)"
+        )
+
+
+def require_caps(names: list[str], action: str) -> None:
+    caps = effective_capabilities()
+    if "CAP_SYS_ADMIN" in caps and os.geteuid() == 0:
+        return
+    missing = [n for n in names if n not in caps]
+    if missing:
+        raise InsufficientPrivilege(f"need root or {' + '.join(missing)} to {action}")

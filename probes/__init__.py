@@ -1,0 +1,1 @@
+"""Kernel sensors: one stem per sensor (drops.bpf.c + drops.py, ...)."""
