@@ -1,0 +1,131 @@
+"""`netagent trace drops`: kernel packet drops with reasons, per flow and interval."""
+
+import sys
+import time
+from collections import Counter
+
+import click
+
+from netagent.output import JsonLineEmitter, note, output_option, render_table, resolve_output
+from netagent.signals import StopSignals
+
+TABLE_COLUMNS = [
+    ("count", "COUNT"), ("reason", "REASON"), ("transport", "PROTO"), ("src", "SOURCE"),
+    ("dst", "DESTINATION"), ("interface", "IFACE"), ("netns", "NETNS"), ("location", "LOCATION"),
+]
+
+
+def _endpoint(obj: dict | None) -> str:
+    if not obj or not obj.get("ip"):
+        return "-"
+    ip = obj["ip"]
+    if "port" not in obj:
+        return ip
+    return f"[{ip}]:{obj['port']}" if ":" in ip else f"{ip}:{obj['port']}"
+
+
+def table_row(event: dict) -> dict:
+    drop = event["netagent"]["drop"]
+    return {
+        "count": drop["count"],
+        "reason": event["event"]["reason"],
+        "transport": event.get("network", {}).get("transport") or event.get("network", {}).get("type"),
+        "src": _endpoint(event.get("source")),
+        "dst": _endpoint(event.get("destination")),
+        "interface": drop.get("interface") or (drop["ifindex"] or "-"),
+        "netns": drop.get("netns_name") or drop["netns"],
+        "location": drop["location"],
+    }
+
+
+class DropSummary:
+    """Totals by reason for the exit summary."""
+
+    def __init__(self):
+        self.count = Counter()
+        self.bytes = Counter()
+
+    def add(self, events):
+        for e in events:
+            self.count[e["event"]["reason"]] += e["netagent"]["drop"]["count"]
+            self.bytes[e["event"]["reason"]] += e["netagent"]["drop"]["bytes"]
+
+    def render(self, losses: dict) -> str:
+        lines = [f"drops by reason ({sum(self.count.values())} total):"]
+        for reason, n in self.count.most_common():
+            lines.append(f"  {n:>10}  {self.bytes[reason]:>12} B  {reason}")
+        lost = ", ".join(f"{k} {v}" for k, v in losses.items())
+        lines.append(f"lost: {lost}")
+        return "\n".join(lines)
+
+
+@click.command()
+@click.option("--netns", default="", help="Namespace: name under /run/netns, a path, or pid:N.")
+@click.option("--reason", "reasons", multiple=True, help="Only this kernel drop reason (repeatable), e.g. NO_SOCKET.")
+@click.option("--iface", default="", help="Only drops on this interface (in --netns, or the host namespace).")
+@click.option("--proto", type=click.Choice(["tcp", "udp", "icmp", "other"]), default=None, help="Only this protocol.")
+@click.option("--host", default="", help="Only drops to or from this IPv4/IPv6 address.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Only drops to or from this port.")
+@click.option("--interval", type=click.FloatRange(0.05, 3600), default=1.0, show_default=True,
+              help="Seconds between flushes of the in-kernel counters.")
+@click.option("--duration", type=click.FloatRange(0, None, min_open=True), default=None,
+              help="Stop after this many seconds (default: until Ctrl-C / SIGTERM).")
+@click.option("--top", type=click.IntRange(1, 1000), default=20, show_default=True, help="Rows in the table view.")
+@output_option
+def drops(netns, reasons, iface, proto, host, port, interval, duration, top, output):
+    """Every packet the kernel drops, with the kernel's reason, per flow."""
+    from netagent.probes.drops import DropFilters, DropSensor
+
+    fmt = resolve_output(output)
+    sensor = DropSensor(
+        DropFilters(netns=netns, reasons=list(reasons), iface=iface, proto=proto or "", host=host, port=port or 0),
+        interval=interval,
+        announce=note,
+    )
+    summary = DropSummary()
+    emitter = JsonLineEmitter()
+    with StopSignals() as signals:
+        started = time.monotonic()
+        path = sensor.attach()
+        try:
+            note(f"netagent: attached to {path} (reasons from {sensor.reason_source}, "
+                 f"offsets from {sensor.offset_source}); interval {interval:g}s")
+            deadline = started + duration if duration else None
+            while not signals.stop.is_set():
+                wait = interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic()))
+                signals.stop.wait(wait)
+                events = sensor.poll()
+                summary.add(events)
+                _show(events, fmt, emitter, top, sensor)
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        finally:
+            # one last flush so nothing counted in the kernel is lost at exit
+            try:
+                events = sensor.poll()
+                summary.add(events)
+                _show(events, fmt, emitter, top, sensor, final=True)
+            finally:
+                losses = sensor.losses()
+                sensor.detach()
+                note(summary.render(losses))
+
+
+def _show(events, fmt, emitter, top, sensor, final=False):
+    if fmt == "json":
+        for e in events:
+            emitter.emit(e)
+        return
+    if final and not events:
+        return
+    rows = [table_row(e) for e in events[:top]]
+    if sys.stdout.isatty():
+        sys.stdout.write("\x1b[H\x1b[2J")
+    stamp = time.strftime("%H:%M:%S")
+    more = f" (+{len(events) - top} more flows)" if len(events) > top else ""
+    lost = sensor.losses().get("kernel", 0)
+    print(f"{stamp}  {sum(e['netagent']['drop']['count'] for e in events)} drops in {len(events)} flows{more}"
+          f"{f'  LOST in kernel: {lost}' if lost else ''}")
+    if rows:
+        print(render_table(rows, TABLE_COLUMNS))
+    sys.stdout.flush()

@@ -1,0 +1,424 @@
+"""The drop sensor: every kernel packet drop, its reason, counted exactly.
+
+Attach path: the skb:kfree_skb tracepoint (its record layout and reason
+names come from the tracefs format file; struct offsets from BTF). A kprobe
+variant exists for kernels with kprobes whose tracepoint lacks the reason.
+Drops are aggregated in the kernel per (netns, ifindex, reason, location,
+L3/L4, addresses, ports) and flushed every interval by swapping two
+buffers, which loses and double-counts nothing (see drops.bpf.c).
+"""
+
+import ctypes
+import ipaddress
+import os
+import time
+from dataclasses import dataclass, field
+
+from netagent import netns as netns_mod
+from netagent.bccloader import compile_program
+from netagent.bpfinfo import prog_recursion_misses
+from netagent.btf import BtfError, kernel_btf
+from netagent.errors import ProbeUnavailable, UsageError
+from netagent.events import new_event
+from netagent.kallsyms import Symbolizer
+from netagent.privileges import require_bpf
+from netagent.sensor import Sensor, SensorStatus
+from netagent.timefmt import MonotonicToWall, iso_timestamp
+from netagent.tracefs import TracepointFormat, ensure_tracefs, tracepoint_format
+
+TRACEPOINT = ("skb", "kfree_skb")
+ATTACH_TRACEPOINT = "tracepoint skb:kfree_skb"
+MAX_FLOWS = 10240
+MAX_REASONS = 1024
+PROTO_CLASSES = {"tcp": 1, "udp": 2, "icmp": 3, "other": 4}
+
+# IANA protocol keywords, as ECS network.transport wants them.
+TRANSPORT_NAMES = {1: "icmp", 2: "igmp", 4: "ipip", 6: "tcp", 17: "udp", 41: "ipv6", 47: "gre",
+                   50: "esp", 51: "ah", 58: "ipv6-icmp", 132: "sctp"}
+ETHERTYPE_NAMES = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "vlan", 0x88CC: "lldp"}
+
+# Where each struct field the program reads lives, by BTF name.
+BTF_FIELDS = {
+    "OFF_SKB_HEAD": ("sk_buff", "head"),
+    "OFF_SKB_LEN": ("sk_buff", "len"),
+    "OFF_SKB_PROTOCOL": ("sk_buff", "protocol"),
+    "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
+    "OFF_SKB_TRANSPORT_HEADER": ("sk_buff", "transport_header"),
+    "OFF_SKB_DEV": ("sk_buff", "dev"),
+    "OFF_SKB_SK": ("sk_buff", "sk"),
+    "OFF_DEV_IFINDEX": ("net_device", "ifindex"),
+    "OFF_DEV_NET": ("net_device", "nd_net.net"),
+    "OFF_NET_INUM": ("net", "ns.inum"),
+    "OFF_SK_NET": ("sock_common", "skc_net.net"),
+}
+
+CONFIG_SECTION = "drops"
+CONFIG_SCHEMA = {
+    "enabled": ("bool", True),
+    "interval": ("duration", 1.0),
+    "netns": ("str", ""),
+    "reasons": ("list", []),
+    "iface": ("str", ""),
+    "proto": ("str", ""),
+    "host": ("str", ""),
+    "port": ("int", 0),
+    "max_flows": ("int", MAX_FLOWS),
+}
+
+
+@dataclass
+class DropFilters:
+    netns: str = ""  # name under /run/netns, path, or pid:N
+    reasons: list[str] = field(default_factory=list)
+    iface: str = ""
+    proto: str = ""  # tcp | udp | icmp | other
+    host: str = ""
+    port: int = 0
+
+
+def from_config(cfg: dict) -> "DropSensor":
+    filters = DropFilters(cfg.get("netns", ""), list(cfg.get("reasons", [])), cfg.get("iface", ""),
+                          cfg.get("proto", ""), cfg.get("host", ""), int(cfg.get("port", 0)))
+    return DropSensor(filters, interval=cfg.get("interval", 1.0), max_flows=cfg.get("max_flows", MAX_FLOWS))
+
+
+# --- kernel facts ------------------------------------------------------------------
+
+def reason_names(fmt: TracepointFormat | None) -> tuple[dict[int, str], str]:
+    """Drop reason value -> name, and where the names came from.
+
+    The tracepoint's own __print_symbolic list first; the BTF enum
+    skb_drop_reason second. Never a table of ours: numbers differ by kernel.
+    """
+    if fmt is not None and fmt.symbolic.get("reason"):
+        return dict(fmt.symbolic["reason"]), "tracefs format"
+    try:
+        raw = kernel_btf().enum("skb_drop_reason")
+    except BtfError:
+        return {}, "none"
+    names = {}
+    for value, name in raw.items():
+        for prefix in ("SKB_DROP_REASON_", "SKB_"):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        names[value] = name
+    return names, "BTF enum skb_drop_reason"
+
+
+def struct_offsets() -> tuple[dict[str, int], str]:
+    """Macro -> byte offset for every field the program reads, from BTF."""
+    btf = kernel_btf()
+    return {macro: btf.member_offset(s, m) for macro, (s, m) in BTF_FIELDS.items()}, "BTF"
+
+
+def header_offsets_prelude() -> str:
+    """Only for kernels without BTF: offsets from the installed headers."""
+    lines = ["#include <linux/skbuff.h>", "#include <linux/netdevice.h>", "#include <net/sock.h>",
+             "#include <net/net_namespace.h>"]
+    exprs = {
+        "OFF_SKB_HEAD": "offsetof(struct sk_buff, head)", "OFF_SKB_LEN": "offsetof(struct sk_buff, len)",
+        "OFF_SKB_PROTOCOL": "offsetof(struct sk_buff, protocol)",
+        "OFF_SKB_NETWORK_HEADER": "offsetof(struct sk_buff, network_header)",
+        "OFF_SKB_TRANSPORT_HEADER": "offsetof(struct sk_buff, transport_header)",
+        "OFF_SKB_DEV": "offsetof(struct sk_buff, dev)", "OFF_SKB_SK": "offsetof(struct sk_buff, sk)",
+        "OFF_DEV_IFINDEX": "offsetof(struct net_device, ifindex)",
+        "OFF_DEV_NET": "offsetof(struct net_device, nd_net)", "OFF_NET_INUM": "offsetof(struct net, ns.inum)",
+        "OFF_SK_NET": "offsetof(struct sock_common, skc_net)",
+    }
+    lines += [f"#define {k} ({v})" for k, v in exprs.items()]
+    return "\n".join(lines) + "\n"
+
+
+def kprobe_target(symbolizer: Symbolizer) -> tuple[str, int] | None:
+    """(function, skb argument position) for the kprobe variant, if the kernel has one."""
+    if symbolizer.has("sk_skb_reason_drop"):
+        return "sk_skb_reason_drop", 2
+    if symbolizer.has("kfree_skb_reason"):
+        return "kfree_skb_reason", 1
+    return None
+
+
+def kprobes_available() -> bool:
+    return os.path.isdir("/sys/bus/event_source/devices/kprobe")
+
+
+# --- rendering -------------------------------------------------------------------
+
+def _address(words, l3: int) -> str | None:
+    raw = b"".join(int(w).to_bytes(4, "little") for w in words)
+    if l3 == 0x0800:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if l3 == 0x86DD:
+        return str(ipaddress.IPv6Address(raw))
+    return None
+
+
+def render_flow(key, val, *, reasons: dict[int, str], has_reason: bool, symbolize, interface: str | None,
+                netns_name: str | None, to_wall, now: float | None = None) -> dict:
+    """One aggregated flow of one interval as an ECS event (schema: docs/SCHEMA.md)."""
+    reason_raw = int(key.reason)
+    if not has_reason:
+        reason = "UNKNOWN"
+    else:
+        reason = reasons.get(reason_raw) or f"UNKNOWN_{reason_raw}"
+    l3, l4 = int(key.l3), int(key.l4)
+    network: dict = {"type": ETHERTYPE_NAMES.get(l3, f"0x{l3:04x}" if l3 else "unknown")}
+    source: dict = {}
+    destination: dict = {}
+    drop: dict = {
+        "count": int(val.count),
+        "bytes": int(val.bytes),
+        "reason_raw": reason_raw,
+        "location": symbolize(int(key.location)),
+        "location_raw": f"{int(key.location):#x}",
+        "interface": interface,
+        "ifindex": int(key.ifindex),
+        "netns": int(key.netns),
+    }
+    if netns_name:
+        drop["netns_name"] = netns_name
+    if l3 in (0x0800, 0x86DD):
+        network["transport"] = TRANSPORT_NAMES.get(l4, str(l4))
+        network["iana_number"] = str(l4)
+        source["ip"] = _address(key.saddr, l3)
+        destination["ip"] = _address(key.daddr, l3)
+        if l4 in (6, 17, 132):
+            source["port"] = int(key.sport)
+            destination["port"] = int(key.dport)
+        elif l4 in (1, 58):
+            drop["icmp"] = {"type": int(key.sport), "code": int(key.dport)}
+    event = new_event(
+        dataset="netagent.drops",
+        action="packet-dropped",
+        kind="event",
+        category=["network"],
+        type=["denied"],
+        timestamp=now,
+        network=network,
+        netagent={"drop": drop},
+    )
+    event["event"]["reason"] = reason
+    event["event"]["start"] = iso_timestamp(to_wall(int(val.first_ns)))
+    event["event"]["end"] = iso_timestamp(to_wall(int(val.last_ns)))
+    if source:
+        event["source"] = source
+        event["destination"] = destination
+    return event
+
+
+# --- the sensor --------------------------------------------------------------------
+
+class DropSensor(Sensor):
+    name = "drops"
+    dataset = "netagent.drops"
+
+    def __init__(self, filters: DropFilters | None = None, interval: float = 1.0, max_flows: int = MAX_FLOWS,
+                 announce=None):
+        self.filters = filters or DropFilters()
+        self.interval = interval
+        self.max_flows = max_flows
+        self.announce = announce  # callable(str) for operator notes (stderr)
+        self.attach_path: str | None = None
+        self._bpf = None
+        self._buffers = None
+        self._active = 0
+        self._reasons: dict[int, str] = {}
+        self._has_reason = True
+        self._symbolizer = Symbolizer()
+        self._ifnames = netns_mod.InterfaceNames()
+        self._to_wall = MonotonicToWall()
+        self._overflow_seen = 0
+        self._lost_map_full = 0
+        self._lost_recursion = 0
+        self.reason_source = ""
+        self.offset_source = ""
+
+    # -- contract ---------------------------------------------------------------
+    def check(self) -> SensorStatus:
+        try:
+            ensure_tracefs()
+            fmt = tracepoint_format(*TRACEPOINT)
+        except ProbeUnavailable as exc:
+            if kprobes_available() and kprobe_target(self._symbolizer):
+                fn, _ = kprobe_target(self._symbolizer)
+                return SensorStatus(self.name, True, f"kprobe {fn}", f"tracepoint unusable: {exc}")
+            return SensorStatus(self.name, False, None, str(exc))
+        details = {}
+        if not fmt.has_field("reason"):
+            details["caveat"] = "tracepoint has no reason field (kernel < 5.17): reasons reported as UNKNOWN"
+        try:
+            kernel_btf()
+            details["offsets"] = "BTF"
+        except BtfError:
+            details["offsets"] = "kernel headers (no BTF)"
+        return SensorStatus(self.name, True, ATTACH_TRACEPOINT, None, details)
+
+    def attach(self) -> str:
+        require_bpf("attach the drop sensor")
+        tracefs = ensure_tracefs(announce=self.announce)
+        try:
+            fmt = tracepoint_format(*TRACEPOINT, tracefs=tracefs)
+        except ProbeUnavailable:
+            fmt = None
+        self._reasons, self.reason_source = reason_names(fmt)
+        self._has_reason = fmt is not None and fmt.has_field("reason")
+        wanted_reasons = self._reason_values()  # usage errors before any kernel work
+        macros, prelude = self._build_macros(fmt)
+        bpf = compile_program("drops", macros, prelude)
+        try:
+            self._buffers = (bpf["flows_a"], bpf["flows_b"])
+            bpf["active_flows"][ctypes.c_int(0)] = ctypes.c_int(self._buffers[0].get_fd())
+            self._active = 0
+            if wanted_reasons:
+                table = bpf["reason_filter"]
+                for value in wanted_reasons:
+                    if value < MAX_REASONS:
+                        table[ctypes.c_int(value)] = ctypes.c_uint8(1)
+            if fmt is not None:
+                bpf.attach_tracepoint(tp=":".join(TRACEPOINT), fn_name="on_kfree_skb")
+                self.attach_path = ATTACH_TRACEPOINT
+            else:
+                target = kprobe_target(self._symbolizer)
+                if not (kprobes_available() and target):
+                    raise ProbeUnavailable("no skb:kfree_skb tracepoint and no kprobes on this kernel")
+                bpf.attach_kprobe(event=target[0], fn_name="kprobe_drop")
+                self.attach_path = f"kprobe {target[0]}"
+        except BaseException:
+            bpf.cleanup()  # undo partial setup
+            raise
+        self._bpf = bpf
+        return self.attach_path
+
+    def poll(self) -> list[dict]:
+        if self._bpf is None:
+            return []
+        flows = self._swap_and_drain()
+        now = time.time()
+        events = []
+        for key, val in flows:
+            interface = self._ifnames.name(int(key.netns), int(key.ifindex))
+            ns = self._ifnames.netns(int(key.netns)) if key.netns else None
+            events.append(render_flow(
+                key, val, reasons=self._reasons, has_reason=self._has_reason,
+                symbolize=self._symbolizer.symbolize, interface=interface,
+                netns_name=ns.name if ns else None, to_wall=self._to_wall, now=now))
+        events.sort(key=lambda e: e["netagent"]["drop"]["count"], reverse=True)
+        self._update_losses()
+        return events
+
+    def detach(self) -> None:
+        if self._bpf is not None:
+            try:
+                self._bpf.cleanup()
+            finally:
+                self._bpf = None
+                self._buffers = None
+
+    def losses(self) -> dict[str, int]:
+        return {"kernel": self._lost_map_full + self._lost_recursion}
+
+    def loss_details(self) -> dict[str, int]:
+        return {"map_full": self._lost_map_full, "recursion": self._lost_recursion}
+
+    # -- internals ----------------------------------------------------------------
+    def valid_reasons(self) -> list[str]:
+        if not self._reasons:
+            try:
+                fmt = tracepoint_format(*TRACEPOINT)
+            except ProbeUnavailable:
+                fmt = None
+            self._reasons, self.reason_source = reason_names(fmt)
+        return sorted(set(self._reasons.values()) - {"MAX"})
+
+    def _reason_values(self) -> list[int]:
+        by_name = {name: value for value, name in self._reasons.items()}
+        wanted, unknown = [], []
+        for name in self.filters.reasons:
+            value = by_name.get(name.upper())
+            (wanted if value is not None else unknown).append(value if value is not None else name)
+        if unknown:
+            raise UsageError(
+                f"unknown drop reason {', '.join(unknown)}; this kernel's reasons: {', '.join(self.valid_reasons())}")
+        return wanted
+
+    def _build_macros(self, fmt: TracepointFormat | None) -> tuple[dict, str]:
+        prelude = ""
+        try:
+            macros, self.offset_source = struct_offsets()
+        except BtfError:
+            macros, self.offset_source = {}, "kernel headers (no BTF)"
+            prelude += header_offsets_prelude()
+        if fmt is not None:
+            prelude += fmt.c_struct("netagent_kfree_skb_args") + "\n"
+            macros["HAVE_REASON"] = int(fmt.has_field("reason"))
+        else:
+            prelude += "struct netagent_kfree_skb_args { u64 skbaddr; u64 location; u32 reason; };\n"
+            macros["HAVE_REASON"] = 0
+        target = kprobe_target(self._symbolizer)
+        macros["KPROBE_SKB_ARG"] = target[1] if target else 1
+        macros["MAX_FLOWS"] = self.max_flows
+        macros["MAX_REASONS"] = MAX_REASONS
+        macros.update(self._filter_macros())
+        return macros, prelude
+
+    def _filter_macros(self) -> dict:
+        f = self.filters
+        m = {"FILTER_NETNS": 0, "FILTER_IFINDEX": 0, "FILTER_PROTO_CLASS": 0, "FILTER_PORT": 0,
+             "FILTER_HOST_FAMILY": 0, "FILTER_REASONS": int(bool(f.reasons))}
+        ns = None
+        if f.netns:
+            ns = netns_mod.resolve(f.netns)
+            m["FILTER_NETNS"] = ns.inode
+        if f.iface:
+            ns = ns or netns_mod.current()
+            names = {name: idx for idx, name in netns_mod.interface_names(ns).items()}
+            if f.iface not in names:
+                raise UsageError(f"--iface {f.iface!r}: no such interface in namespace {ns.name} "
+                                 f"(have: {', '.join(sorted(names))})")
+            m["FILTER_IFINDEX"] = names[f.iface]
+            m["FILTER_NETNS"] = ns.inode
+        if f.proto:
+            if f.proto not in PROTO_CLASSES:
+                raise UsageError(f"--proto {f.proto!r}: choose from {', '.join(PROTO_CLASSES)}")
+            m["FILTER_PROTO_CLASS"] = PROTO_CLASSES[f.proto]
+        if f.port:
+            if not 0 < f.port < 65536:
+                raise UsageError(f"--port {f.port}: must be 1-65535")
+            m["FILTER_PORT"] = f.port
+        if f.host:
+            try:
+                addr = ipaddress.ip_address(f.host)
+            except ValueError:
+                raise UsageError(f"--host {f.host!r}: not an IPv4 or IPv6 address") from None
+            packed = addr.packed.ljust(16, b"\0")
+            m["FILTER_HOST_FAMILY"] = addr.version
+            for i in range(4):
+                m[f"FILTER_HOST_W{i}"] = f"{int.from_bytes(packed[4 * i:4 * i + 4], 'little')}U"
+        for i in range(4):
+            m.setdefault(f"FILTER_HOST_W{i}", "0U")
+        return m
+
+    def _swap_and_drain(self):
+        """Point the program at the other buffer, then empty the old one.
+
+        The update of the array-of-maps slot returns only after an RCU grace
+        period, i.e. after every program that could still be writing into the
+        old buffer has finished; reading then clearing it is exact.
+        """
+        old = self._buffers[self._active]
+        self._active ^= 1
+        new = self._buffers[self._active]
+        self._bpf["active_flows"][ctypes.c_int(0)] = ctypes.c_int(new.get_fd())
+        items = [(k, v) for k, v in old.items()]
+        old.clear()
+        return items
+
+    def _update_losses(self) -> None:
+        total = sum(int(v.count) for v in self._bpf["overflow"][ctypes.c_int(0)])
+        self._lost_map_full = total
+        fn = self._bpf.funcs.get(b"on_kfree_skb") or self._bpf.funcs.get("on_kfree_skb")
+        if fn is not None:
+            misses = prog_recursion_misses(fn.fd)
+            if misses is not None:
+                self._lost_recursion = misses
