@@ -264,31 +264,35 @@ class DropSensor(Sensor):
         self._reasons, self.reason_source = reason_names(fmt)
         self._has_reason = fmt is not None and fmt.has_field("reason")
         wanted_reasons = self._reason_values()  # usage errors before any kernel work
-        macros, prelude = self._build_macros(fmt)
-        bpf = compile_program("drops", macros, prelude)
+        bpf = self.compile(fmt)
         try:
-            self._buffers = (bpf["flows_a"], bpf["flows_b"])
-            bpf["active_flows"][ctypes.c_int(0)] = ctypes.c_int(self._buffers[0].get_fd())
+            self._buffers = (bpf[b"flows_a"], bpf[b"flows_b"])
+            bpf[b"active_flows"][ctypes.c_int(0)] = ctypes.c_int(self._buffers[0].get_fd())
             self._active = 0
             if wanted_reasons:
-                table = bpf["reason_filter"]
+                table = bpf[b"reason_filter"]
                 for value in wanted_reasons:
                     if value < MAX_REASONS:
                         table[ctypes.c_int(value)] = ctypes.c_uint8(1)
             if fmt is not None:
-                bpf.attach_tracepoint(tp=":".join(TRACEPOINT), fn_name="on_kfree_skb")
+                bpf.attach_tracepoint(tp=":".join(TRACEPOINT).encode(), fn_name=b"on_kfree_skb")
                 self.attach_path = ATTACH_TRACEPOINT
             else:
                 target = kprobe_target(self._symbolizer)
                 if not (kprobes_available() and target):
                     raise ProbeUnavailable("no skb:kfree_skb tracepoint and no kprobes on this kernel")
-                bpf.attach_kprobe(event=target[0], fn_name="kprobe_drop")
+                bpf.attach_kprobe(event=target[0].encode(), fn_name=b"kprobe_drop")
                 self.attach_path = f"kprobe {target[0]}"
         except BaseException:
             bpf.cleanup()  # undo partial setup
             raise
         self._bpf = bpf
         return self.attach_path
+
+    def compile(self, fmt: TracepointFormat | None):
+        """Compile drops.bpf.c for this kernel and these filters (no load, no attach)."""
+        macros, prelude = self._build_macros(fmt)
+        return compile_program("drops", macros, prelude)
 
     def poll(self) -> list[dict]:
         if self._bpf is None:
@@ -409,15 +413,15 @@ class DropSensor(Sensor):
         old = self._buffers[self._active]
         self._active ^= 1
         new = self._buffers[self._active]
-        self._bpf["active_flows"][ctypes.c_int(0)] = ctypes.c_int(new.get_fd())
+        self._bpf[b"active_flows"][ctypes.c_int(0)] = ctypes.c_int(new.get_fd())
         items = [(k, v) for k, v in old.items()]
         old.clear()
         return items
 
     def _update_losses(self) -> None:
-        total = sum(int(v.count) for v in self._bpf["overflow"][ctypes.c_int(0)])
+        total = sum(int(v.count) for v in self._bpf[b"overflow"][ctypes.c_int(0)])
         self._lost_map_full = total
-        fn = self._bpf.funcs.get(b"on_kfree_skb") or self._bpf.funcs.get("on_kfree_skb")
+        fn = self._bpf.funcs.get(b"on_kfree_skb")
         if fn is not None:
             misses = prog_recursion_misses(fn.fd)
             if misses is not None:

@@ -1,0 +1,65 @@
+"""Running `netagent` as a real process in tests and reading what it says."""
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+
+NETAGENT = os.path.join(sys.prefix, "bin", "netagent")
+
+
+class AgentProcess:
+    """`netagent ARGS` with stdout and stderr collected on background threads."""
+
+    def __init__(self, *args, env=None):
+        self.proc = subprocess.Popen([NETAGENT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env={**os.environ, **(env or {})})
+        self.stdout_lines: list[bytes] = []
+        self.stderr_lines: list[str] = []
+        self._stderr_q: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump_out, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump_out(self):
+        for line in self.proc.stdout:
+            self.stdout_lines.append(line)
+
+    def _pump_err(self):
+        for line in self.proc.stderr:
+            text = line.decode(errors="replace")
+            self.stderr_lines.append(text)
+            self._stderr_q.put(text)
+
+    def wait_for_stderr(self, needle: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._stderr_q.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None and self._stderr_q.empty():
+                    break
+                continue
+            if needle in line:
+                return line
+        raise AssertionError(f"no {needle!r} on stderr within {timeout}s; stderr so far: {''.join(self.stderr_lines)}")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> tuple[int, float]:
+        """Send `sig`, return (exit code, seconds it took to exit)."""
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        elapsed = time.monotonic() - start
+        time.sleep(0.2)  # let the pump threads drain the pipes
+        return code, elapsed
+
+    def events(self) -> list[dict]:
+        return [orjson.loads(line) for line in self.stdout_lines if line.strip()]
