@@ -196,6 +196,34 @@ class Btf:
     def member_size(self, struct_name: str, path: str) -> int:
         return self.size(self.member(struct_name, path)[1].type_id)
 
+    # -- tracepoint prototypes -------------------------------------------------------
+    def describe(self, type_id: int) -> str:
+        """A C-like spelling of a type: 'struct sk_buff *', 'enum skb_drop_reason', 'void *'."""
+        type_id = self.resolve(type_id)
+        if type_id == 0:
+            return "void"
+        kind = self.kind(type_id)
+        if kind == PTR:
+            return self.describe(self._header(type_id)[4] & 0xFFFFFFFF) + " *"
+        prefix = {STRUCT: "struct ", UNION: "union ", ENUM: "enum ", ENUM64: "enum ", FWD: "struct "}.get(kind, "")
+        return prefix + (self.name(type_id) or "<anon>")
+
+    def raw_tracepoint_args(self, event: str) -> list[str]:
+        """Argument types of a tracepoint as a raw tracepoint sees them (ctx->args[i]).
+
+        The kernel describes each tracepoint with a typedef btf_trace_<event>,
+        a pointer to a function whose first parameter is the tracepoint's
+        private data; the rest are the TP_PROTO arguments, in order.
+        """
+        pointer = self.resolve(self.find(f"btf_trace_{event}", TYPEDEF))
+        if self.kind(pointer) != PTR:
+            raise BtfError(f"btf_trace_{event} is not a function pointer")
+        pos, _, kind, vlen, _ = self._header(self._header(pointer)[4] & 0xFFFFFFFF)
+        if kind != FUNC_PROTO:
+            raise BtfError(f"btf_trace_{event} is not a function prototype")
+        params = [struct.unpack_from("<II", self._data, pos + 12 + 8 * i)[1] for i in range(vlen)]
+        return [self.describe(t) for t in params[1:]]
+
     # -- enums ------------------------------------------------------------------
     def enum(self, name: str) -> dict[int, str]:
         """Value -> enumerator name for enum `name`."""

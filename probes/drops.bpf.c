@@ -104,24 +104,26 @@ static __always_inline void parse_headers(const void *skb, struct flow_key *key)
     u16 th = read_u16(skb, OFF_SKB_TRANSPORT_HEADER);
     u16 proto_be = read_u16(skb, OFF_SKB_PROTOCOL);
     const unsigned char *l4 = 0;
-    u8 first = 0;
+    u8 ip[40];
 
     if (!head || nh == HDR_UNSET)
         return;
-    bpf_probe_read_kernel(&first, 1, head + nh);
+    // One read covers the whole fixed IPv4 or IPv6 header.
+    if (bpf_probe_read_kernel(ip, sizeof(ip), head + nh) < 0)
+        return;
+    u8 version = ip[0] >> 4;
     // skb->protocol is unset on some local output paths: trust the IP version nibble then.
-    if (proto_be == ETH_P_IP_BE || (proto_be == 0 && (first >> 4) == 4)) {
-        u8 ihl = first & 0x0F;
+    if (proto_be == ETH_P_IP_BE || (proto_be == 0 && version == 4)) {
         key->l3 = 0x0800;
-        bpf_probe_read_kernel(&key->l4, 1, head + nh + 9);
-        bpf_probe_read_kernel(&key->saddr[0], 4, head + nh + 12);
-        bpf_probe_read_kernel(&key->daddr[0], 4, head + nh + 16);
-        l4 = (th != HDR_UNSET && th > nh) ? head + th : head + nh + ihl * 4;
-    } else if (proto_be == ETH_P_IPV6_BE || (proto_be == 0 && (first >> 4) == 6)) {
+        key->l4 = ip[9];
+        __builtin_memcpy(&key->saddr[0], &ip[12], 4);
+        __builtin_memcpy(&key->daddr[0], &ip[16], 4);
+        l4 = (th != HDR_UNSET && th > nh) ? head + th : head + nh + (ip[0] & 0x0F) * 4;
+    } else if (proto_be == ETH_P_IPV6_BE || (proto_be == 0 && version == 6)) {
         key->l3 = 0x86DD;
-        bpf_probe_read_kernel(&key->l4, 1, head + nh + 6);
-        bpf_probe_read_kernel(&key->saddr[0], 16, head + nh + 8);
-        bpf_probe_read_kernel(&key->daddr[0], 16, head + nh + 24);
+        key->l4 = ip[6];
+        __builtin_memcpy(&key->saddr[0], &ip[8], 16);
+        __builtin_memcpy(&key->daddr[0], &ip[24], 16);
         l4 = (th != HDR_UNSET && th > nh) ? head + th : head + nh + 40;
     } else {
         key->l3 = (proto_be >> 8) | ((proto_be & 0xFF) << 8);
@@ -242,6 +244,25 @@ int on_kfree_skb(struct netagent_kfree_skb_args *args)
     u32 reason = 0;
 #endif
     return record_drop((const void *)args->skbaddr, (u64)args->location, reason);
+}
+
+// The preferred attach path where the kernel has BTF: a raw tracepoint on the
+// same kfree_skb tracepoint. It receives the TP_PROTO arguments directly
+// instead of a perf record built for every drop, which costs less per packet.
+// RAW_ARG_* give each argument's position, read from BTF (btf_trace_kfree_skb).
+#ifndef RAW_ARG_SKB
+#define RAW_ARG_SKB 0
+#define RAW_ARG_LOCATION 1
+#define RAW_ARG_REASON -1
+#endif
+int on_kfree_skb_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+#if RAW_ARG_REASON >= 0
+    u32 reason = (u32)ctx->args[RAW_ARG_REASON];
+#else
+    u32 reason = 0;
+#endif
+    return record_drop((const void *)ctx->args[RAW_ARG_SKB], ctx->args[RAW_ARG_LOCATION], reason);
 }
 
 // Kprobe variant for kernels whose tracepoint lacks what we need but that

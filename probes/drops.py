@@ -28,6 +28,7 @@ from netagent.tracefs import TracepointFormat, ensure_tracefs, tracepoint_format
 
 TRACEPOINT = ("skb", "kfree_skb")
 ATTACH_TRACEPOINT = "tracepoint skb:kfree_skb"
+ATTACH_RAW_TRACEPOINT = "raw_tracepoint skb:kfree_skb"
 MAX_FLOWS = 10240
 MAX_REASONS = 1024
 PROTO_CLASSES = {"tcp": 1, "udp": 2, "icmp": 3, "other": 4}
@@ -110,6 +111,25 @@ def struct_offsets() -> tuple[dict[str, int], str]:
     """Macro -> byte offset for every field the program reads, from BTF."""
     btf = kernel_btf()
     return {macro: btf.member_offset(s, m) for macro, (s, m) in BTF_FIELDS.items()}, "BTF"
+
+
+def raw_tracepoint_positions() -> dict[str, int] | None:
+    """ctx->args[] positions of skb, location and reason for the raw tracepoint, from BTF.
+
+    None when the kernel has no BTF description of the tracepoint (then the
+    classic tracepoint, whose record layout tracefs describes, is used).
+    """
+    try:
+        args = kernel_btf().raw_tracepoint_args(TRACEPOINT[1])
+    except BtfError:
+        return None
+    if "struct sk_buff *" not in args or "void *" not in args:
+        return None
+    return {
+        "RAW_ARG_SKB": args.index("struct sk_buff *"),
+        "RAW_ARG_LOCATION": args.index("void *"),
+        "RAW_ARG_REASON": args.index("enum skb_drop_reason") if "enum skb_drop_reason" in args else -1,
+    }
 
 
 def header_offsets_prelude() -> str:
@@ -233,6 +253,8 @@ class DropSensor(Sensor):
         self._lost_recursion = 0
         self.reason_source = ""
         self.offset_source = ""
+        self._program: bytes | None = None
+        self._raw_positions = raw_tracepoint_positions()
 
     # -- contract ---------------------------------------------------------------
     def check(self) -> SensorStatus:
@@ -252,7 +274,8 @@ class DropSensor(Sensor):
             details["offsets"] = "BTF"
         except BtfError:
             details["offsets"] = "kernel headers (no BTF)"
-        return SensorStatus(self.name, True, ATTACH_TRACEPOINT, None, details)
+        path = ATTACH_RAW_TRACEPOINT if raw_tracepoint_positions() else ATTACH_TRACEPOINT
+        return SensorStatus(self.name, True, path, None, details)
 
     def attach(self) -> str:
         require_bpf("attach the drop sensor")
@@ -274,15 +297,18 @@ class DropSensor(Sensor):
                 for value in wanted_reasons:
                     if value < MAX_REASONS:
                         table[ctypes.c_int(value)] = ctypes.c_uint8(1)
-            if fmt is not None:
+            if fmt is not None and self._raw_positions:
+                bpf.attach_raw_tracepoint(tp=TRACEPOINT[1].encode(), fn_name=b"on_kfree_skb_raw")
+                self.attach_path, self._program = ATTACH_RAW_TRACEPOINT, b"on_kfree_skb_raw"
+            elif fmt is not None:
                 bpf.attach_tracepoint(tp=":".join(TRACEPOINT).encode(), fn_name=b"on_kfree_skb")
-                self.attach_path = ATTACH_TRACEPOINT
+                self.attach_path, self._program = ATTACH_TRACEPOINT, b"on_kfree_skb"
             else:
                 target = kprobe_target(self._symbolizer)
                 if not (kprobes_available() and target):
                     raise ProbeUnavailable("no skb:kfree_skb tracepoint and no kprobes on this kernel")
                 bpf.attach_kprobe(event=target[0].encode(), fn_name=b"kprobe_drop")
-                self.attach_path = f"kprobe {target[0]}"
+                self.attach_path, self._program = f"kprobe {target[0]}", b"kprobe_drop"
         except BaseException:
             bpf.cleanup()  # undo partial setup
             raise
@@ -361,6 +387,8 @@ class DropSensor(Sensor):
             macros["HAVE_REASON"] = 0
         target = kprobe_target(self._symbolizer)
         macros["KPROBE_SKB_ARG"] = target[1] if target else 1
+        if self._raw_positions:
+            macros.update(self._raw_positions)
         macros["MAX_FLOWS"] = self.max_flows
         macros["MAX_REASONS"] = MAX_REASONS
         macros.update(self._filter_macros())
@@ -421,7 +449,7 @@ class DropSensor(Sensor):
     def _update_losses(self) -> None:
         total = sum(int(v.count) for v in self._bpf[b"overflow"][ctypes.c_int(0)])
         self._lost_map_full = total
-        fn = self._bpf.funcs.get(b"on_kfree_skb")
+        fn = self._bpf.funcs.get(self._program)
         if fn is not None:
             misses = prog_recursion_misses(fn.fd)
             if misses is not None:
