@@ -98,7 +98,10 @@ def known_namespaces() -> dict[int, Netns]:
 
 def setns(path: str) -> None:
     """Move the calling thread into the namespace at `path`."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:  # the namespace went away, or we may not open it
+        raise ProbeUnavailable(f"cannot open network namespace {path}: {exc.strerror}") from None
     try:
         if _libc.setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
