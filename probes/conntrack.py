@@ -1,0 +1,706 @@
+"""The conntrack sensor: insert failures, clashes and a full table, per namespace.
+
+Two layers:
+
+* Counters, always: /proc/net/stat/nf_conntrack read inside every watched
+  namespace (netagent.conntrack), diffed per interval, with alerts.
+* Per packet, where the kernel allows: kprobes/kretprobes on
+  __nf_conntrack_confirm, nf_ct_resolve_clash and early_drop (conntrack.bpf.c)
+  name the flow and namespace of every refusal, aggregated in the kernel and
+  flushed exactly by swapping two buffers. On kernels without kprobes the
+  drop sensor's NETFILTER_DROP drops in the same namespace and interval are
+  joined to the counter rises instead, and the events say so.
+"""
+
+import ctypes
+import gzip
+import ipaddress
+import os
+import platform
+import struct
+import time
+
+from netagent import netns as netns_mod
+from netagent.bccloader import compile_program, import_bcc
+from netagent.btf import FUNC, FUNC_PROTO, BtfError, kernel_btf
+from netagent.configschema import one_of
+from netagent.conntrack.correlate import NETFILTER_DROP, correlated_events
+from netagent.conntrack.flows import MergedFlow, merge
+from netagent.conntrack.namespaces import (
+    ConntrackAbsent,
+    NamespaceGone,
+    Snapshot,
+    candidate_namespaces,
+    read_snapshot,
+)
+from netagent.conntrack.report import DATASET, DEFAULT_THRESHOLD, Interval, kernel_caveat
+from netagent.conntrack.stats import StatFormatError
+from netagent.errors import InsufficientPrivilege, ProbeUnavailable, UsageError
+from netagent.events import new_event
+from netagent.kallsyms import Symbolizer
+from netagent.privileges import effective_capabilities, require_bpf
+from netagent.sensor import Sensor, SensorStatus
+from netagent.timefmt import MonotonicToWall, iso_timestamp
+from netagent.tracefs import find_tracefs
+
+STAT_PATH = "/proc/net/stat/nf_conntrack"
+COUNTERS_PATH = "counters /proc/net/stat/nf_conntrack"
+CORRELATION_PATH = "correlation with the drop sensor's NETFILTER_DROP ({})"
+PER_PACKET_MODES = ("auto", "kprobe", "correlation", "off")
+COUNTER_MODES = ("always", "changes", "never")
+MAX_FLOWS = 4096
+REDISCOVER_SECONDS = 5.0
+KRETPROBE_MAXACTIVE = 64  # concurrent returns tracked per probe; more are counted as missed
+
+KIND_ACTIONS = {1: "insert-failed", 2: "clash-resolved", 3: "table-full", 4: "table-full"}
+KIND_OUTCOMES = {1: "dropped", 2: "merged", 3: "dropped", 4: "evicted-other-entry"}
+HIT_PAIRS = {"__nf_conntrack_confirm": (0, 1), "nf_ct_resolve_clash": (2, 3), "early_drop": (4, 5),
+             "__nf_conntrack_alloc": (6, 7)}
+TRANSPORT_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 47: "gre", 58: "ipv6-icmp", 132: "sctp",
+                   136: "udplite"}
+AF_INET, AF_INET6 = 2, 10
+
+# Struct fields the BPF program reads: macro -> (struct, member path), from BTF.
+BTF_FIELDS = {
+    "OFF_SKB_NFCT": ("sk_buff", "_nfct"),
+    "OFF_CT_TUPLEHASH": ("nf_conn", "tuplehash"),
+    "OFF_CT_NET": ("nf_conn", "ct_net.net"),
+    "OFF_HASH_TUPLE": ("nf_conntrack_tuple_hash", "tuple"),
+    "OFF_NET_INUM": ("net", "ns.inum"),
+    "OFF_TUPLE_SRC_U3": ("nf_conntrack_tuple", "src.u3"),
+    "OFF_TUPLE_SRC_PORT": ("nf_conntrack_tuple", "src.u.all"),
+    "OFF_TUPLE_L3NUM": ("nf_conntrack_tuple", "src.l3num"),
+    "OFF_TUPLE_DST_U3": ("nf_conntrack_tuple", "dst.u3"),
+    "OFF_TUPLE_DST_PORT": ("nf_conntrack_tuple", "dst.u.all"),
+    "OFF_TUPLE_PROTONUM": ("nf_conntrack_tuple", "dst.protonum"),
+}
+
+# Kernel functions and the parameters the programs read (names as in the
+# kernel source; positions are looked up in the BTF prototype).
+PROBED_PARAMS = {
+    "__nf_conntrack_confirm": {"CONFIRM_SKB_ARG": "skb"},
+    "nf_ct_resolve_clash": {"CLASH_SKB_ARG": "skb"},
+    "__nf_conntrack_alloc": {"ALLOC_NET_ARG": "net", "ALLOC_ORIG_ARG": "orig"},
+    "early_drop": {},
+}
+# Positions used when BTF has no prototype (stable since 4.x for these two).
+DEFAULT_PARAMS = {"CONFIRM_SKB_ARG": 1, "ALLOC_NET_ARG": 1, "ALLOC_ORIG_ARG": 3}
+
+CONFIG_SECTION = "conntrack"
+# The daemon reads every 10s: a counters event per namespace every second
+# would flood a SIEM, and real damage (drop, early_drop, insert_failed) is
+# counted exactly whatever the interval; only alert latency grows.
+CONFIG_SCHEMA = {
+    "enabled": ("bool", True),
+    "interval": ("duration", 10.0),
+    "netns": ("list", []),  # [] = the agent's own namespace; ["all"] = every namespace with conntrack
+    "threshold": ("float", DEFAULT_THRESHOLD, lambda v: _check_threshold(v)),
+    "per_packet": ("str", "auto", one_of(*PER_PACKET_MODES)),
+    "counters": ("str", "always", one_of(*COUNTER_MODES)),
+    "max_flow_events": ("int", 20),
+}
+
+
+def _check_threshold(value: float) -> float:
+    if not 0 < value <= 1:
+        raise ValueError(f"must be a fraction above 0 and at most 1 (0.9 = 90%), got {value}")
+    return value
+
+
+def from_config(cfg: dict) -> "ConntrackSensor":
+    return ConntrackSensor(netns=list(cfg.get("netns", [])), interval=cfg.get("interval", 10.0),
+                           threshold=cfg.get("threshold", DEFAULT_THRESHOLD),
+                           per_packet=cfg.get("per_packet", "auto"), counters=cfg.get("counters", "always"),
+                           max_flow_events=cfg.get("max_flow_events", 20))
+
+
+# --- kernel facts ------------------------------------------------------------------
+
+def kprobes_unavailable_reason() -> str | None:
+    """Why kprobes cannot be attached here, or None when they can."""
+    if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
+        return None
+    tracefs = find_tracefs()
+    if tracefs and os.path.exists(os.path.join(tracefs, "kprobe_events")):
+        return None
+    if _kernel_config_says("# CONFIG_KPROBES is not set"):
+        return "kprobes unavailable (CONFIG_KPROBES off)"
+    return "kprobes unavailable (no kprobe PMU and no kprobe_events in tracefs)"
+
+
+def _kernel_config_says(line: str) -> bool:
+    for path, opener in (("/proc/config.gz", gzip.open), (f"/boot/config-{platform.release()}", open)):
+        try:
+            with opener(path, "rt") as f:
+                return any(ln.strip() == line for ln in f)
+        except OSError:
+            continue
+    return False
+
+
+_func_index_cache: dict[int, dict[str, int]] = {}
+
+
+def function_params(btf, name: str) -> list[str] | None:
+    """Parameter names of kernel function `name` from its BTF prototype, or
+    None when BTF has no such function (inlined, or no BTF for it)."""
+    index = _func_index_cache.get(id(btf))
+    if index is None:
+        # netagent.btf indexes only named types; functions are indexed here, once.
+        index = {}
+        wanted = set(PROBED_PARAMS)
+        data = btf._data
+        for type_id in range(1, len(btf._offsets)):
+            name_off, info = struct.unpack_from("<II", data, btf._offsets[type_id])
+            if (info >> 24) & 0x1F == FUNC and name_off:
+                fname = btf._string(name_off)
+                if fname in wanted:
+                    index.setdefault(fname, type_id)
+        _func_index_cache[id(btf)] = index
+    func_id = index.get(name)
+    if func_id is None:
+        return None
+    proto_id = btf._header(func_id)[4] & 0xFFFFFFFF
+    pos, _, kind, vlen, _ = btf._header(proto_id)
+    if kind != FUNC_PROTO:
+        return None
+    return [btf._string(struct.unpack_from("<II", btf._data, pos + 12 + 8 * i)[0]) for i in range(vlen)]
+
+
+class KprobePlan:
+    """Which probes the kernel allows, with the macros the C needs."""
+
+    def __init__(self, symbolizer: Symbolizer | None = None, btf=None, kallsyms_text: str | None = None):
+        self.symbolizer = symbolizer or Symbolizer()
+        self.btf = btf
+        self.probes: list[tuple[str, str, str]] = []  # (kprobe|kretprobe, kernel function, program)
+        self.macros: dict[str, int | str] = {}
+        self.notes: dict[str, str] = {}  # function -> why it is not probed / how
+        self._counts = symbol_counts(set(PROBED_PARAMS), kallsyms_text)
+        self._plan()
+
+    def _has(self, function: str) -> bool:
+        """Present exactly once: a static name defined in two files is ambiguous
+        to a kprobe (the kernel refuses it), and the wrong one would be probed."""
+        count = self._counts.get(function, 0) if self._counts else int(self.symbolizer.has(function))
+        if count > 1:
+            self.notes[function] = f"not probed: {count} kernel functions share this name"
+            return False
+        return count == 1
+
+    def _params(self, function: str) -> dict[str, int] | None:
+        wanted = PROBED_PARAMS[function]
+        names = function_params(self.btf, function) if self.btf is not None else None
+        if names is None:
+            if all(m in DEFAULT_PARAMS for m in wanted):
+                self.notes.setdefault(function, "argument positions assumed (no BTF prototype)")
+                return {m: DEFAULT_PARAMS[m] for m in wanted}
+            return None
+        out = {}
+        for macro, param in wanted.items():
+            if param not in names or names.index(param) >= 5:
+                return None
+            out[macro] = names.index(param) + 1
+        return out
+
+    def _plan(self):
+        has = self._has
+        if not has("__nf_conntrack_confirm"):
+            raise ProbeUnavailable("__nf_conntrack_confirm is not in /proc/kallsyms (conntrack not loaded?)")
+        params = self._params("__nf_conntrack_confirm")
+        if params is None:
+            raise ProbeUnavailable("__nf_conntrack_confirm has no skb parameter in this kernel's BTF")
+        self.macros.update(params)
+        self.probes += [("kprobe", "__nf_conntrack_confirm", "confirm_entry"),
+                        ("kretprobe", "__nf_conntrack_confirm", "confirm_return")]
+        clash = self._params("nf_ct_resolve_clash") if has("nf_ct_resolve_clash") else None
+        if clash is not None:
+            self.macros.update(clash)
+            self.probes += [("kprobe", "nf_ct_resolve_clash", "clash_entry"),
+                            ("kretprobe", "nf_ct_resolve_clash", "clash_return")]
+        else:
+            self.macros["CLASH_SKB_ARG"] = 1
+            self.notes.setdefault("nf_ct_resolve_clash", "not probed: inlined, absent or no BTF prototype (clash "
+                                                         "counts come from the clash_resolve counter)")
+        alloc = self._params("__nf_conntrack_alloc") if has("__nf_conntrack_alloc") else None
+        if alloc is None:
+            self.macros.update({"ALLOC_NET_ARG": 1, "ALLOC_ORIG_ARG": 3})
+            self.notes.setdefault("__nf_conntrack_alloc",
+                                  "not probed: inlined or absent (table-full flows from counters only)")
+            return
+        self.macros.update(alloc)
+        self.probes.append(("kprobe", "__nf_conntrack_alloc", "alloc_entry"))
+        if has("early_drop"):
+            self.probes += [("kprobe", "early_drop", "early_drop_entry"),
+                            ("kretprobe", "early_drop", "early_drop_return")]
+        else:
+            self.probes.append(("kretprobe", "__nf_conntrack_alloc", "alloc_return"))
+            self.notes.setdefault("early_drop", "inlined or absent")
+            self.notes["early_drop"] += ": table-full drops seen as failed __nf_conntrack_alloc returns"
+
+    def describe(self) -> str:
+        return ", ".join(f"{kind} {fn}" for kind, fn, _ in self.probes)
+
+
+def symbol_counts(names: set[str], text: str | None = None) -> dict[str, int]:
+    """How many text symbols in /proc/kallsyms (or `text`) carry each name."""
+    if text is None:
+        try:
+            with open("/proc/kallsyms") as f:
+                text = f.read()
+        except OSError:
+            return {}
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[2] in names and parts[1] in ("t", "T", "w", "W"):
+            counts[parts[2]] = counts.get(parts[2], 0) + 1
+    return counts
+
+
+def struct_offsets(btf) -> dict[str, int]:
+    """Macro -> byte offset of every field the program reads, from BTF."""
+    raw = {macro: btf.member_offset(s, m) for macro, (s, m) in BTF_FIELDS.items()}
+    return {
+        "OFF_SKB_NFCT": raw["OFF_SKB_NFCT"],
+        # tuplehash[IP_CT_DIR_ORIGINAL].tuple
+        "OFF_CT_TUPLE_ORIG": raw["OFF_CT_TUPLEHASH"] + raw["OFF_HASH_TUPLE"],
+        "OFF_CT_NET": raw["OFF_CT_NET"],
+        "OFF_NET_INUM": raw["OFF_NET_INUM"],
+        **{k: raw[k] for k in ("OFF_TUPLE_SRC_U3", "OFF_TUPLE_SRC_PORT", "OFF_TUPLE_L3NUM",
+                               "OFF_TUPLE_DST_U3", "OFF_TUPLE_DST_PORT", "OFF_TUPLE_PROTONUM")},
+    }
+
+
+def build_macros(plan: KprobePlan, btf, filter_netns: int = 0, max_flows: int = MAX_FLOWS) -> dict:
+    macros = struct_offsets(btf)
+    macros.update(plan.macros)
+    macros["FILTER_NETNS"] = f"{filter_netns}U"
+    macros["MAX_FLOWS"] = max_flows
+    return macros
+
+
+def compile_probes(macros: dict):
+    """The compiled (not yet attached) BPF object for conntrack.bpf.c."""
+    return compile_program("conntrack", macros)
+
+
+# --- rendering -------------------------------------------------------------------
+
+def _address(words, family: int) -> str | None:
+    raw = b"".join(int(w).to_bytes(4, "little") for w in words)
+    if family == AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if family == AF_INET6:
+        return str(ipaddress.IPv6Address(raw))
+    return None
+
+
+def decode_flow(key) -> dict:
+    """A kernel flow key as ECS-shaped pieces (for flows.merge)."""
+    l3, l4 = int(key.l3), int(key.l4)
+    network = {"type": {AF_INET: "ipv4", AF_INET6: "ipv6"}.get(l3, "unknown"),
+               "transport": TRANSPORT_NAMES.get(l4, str(l4)), "iana_number": str(l4)}
+    source = {"ip": _address(key.saddr, l3)}
+    destination = {"ip": _address(key.daddr, l3)}
+    icmp = None
+    if l4 in (1, 58):
+        icmp = {"type": int(key.sport), "code": int(key.dport)}
+    else:
+        source["port"] = int(key.sport)
+        destination["port"] = int(key.dport)
+    return {"network": network, "source": source, "destination": destination, "icmp": icmp}
+
+
+def render_flow(flow: MergedFlow, kind: int, *, netns_name: str | None, now: float | None = None) -> dict:
+    """Flows of one kind and service, aggregated over an interval by the kernel."""
+    action = KIND_ACTIONS.get(kind, "insert-failed")
+    body = {
+        "netns": flow.netns,
+        "netns_name": netns_name,
+        "count": flow.count,
+        "source_ports": len(flow.source_ports),
+        "outcome": KIND_OUTCOMES.get(kind, "unknown"),
+        "kind_raw": kind,
+        "attribution": "kprobe",
+    }
+    if flow.icmp:
+        body["icmp"] = flow.icmp
+    event = new_event(dataset=DATASET, action=action, kind="event" if kind == 2 else "alert",
+                      category=["network"], type=["info"] if kind in (2, 4) else ["denied"],
+                      timestamp=now, netagent={"conntrack": body}, **flow.ecs())
+    event["event"]["start"] = flow.start
+    event["event"]["end"] = flow.end
+    what = {1: "could not be inserted (insert race lost, not mergeable) and were dropped",
+            2: "raced another packet of the same new flow; merged without a drop",
+            3: "found the table full with nothing to evict and were dropped",
+            4: "found the table full; an unreplied entry was evicted to make room"}.get(kind, "?")
+    where = f" in netns {netns_name}" if netns_name else f" in netns {flow.netns}"
+    event["message"] = f"{flow.count} packets of {flow.describe()}{where} {what} (seen by kprobe)"
+    return event
+
+
+# --- the sensor ----------------------------------------------------------------------
+
+class ConntrackSensor(Sensor):
+    name = "conntrack"
+    dataset = DATASET
+
+    def __init__(self, netns: list[str] | tuple[str, ...] = (), interval: float = 1.0,
+                 threshold: float = DEFAULT_THRESHOLD, per_packet: str = "auto", counters: str = "always",
+                 max_flow_events: int = 20, announce=None):
+        if per_packet not in PER_PACKET_MODES:
+            raise UsageError(f"per_packet {per_packet!r}: choose from {', '.join(PER_PACKET_MODES)}")
+        if counters not in COUNTER_MODES:
+            raise UsageError(f"counters {counters!r}: choose from {', '.join(COUNTER_MODES)}")
+        try:
+            _check_threshold(threshold)
+        except ValueError as exc:
+            raise UsageError(f"threshold: {exc}") from None
+        self.specs = [s for s in netns if s is not None] or [""]
+        self.watch_all = "all" in self.specs
+        if self.watch_all and len(self.specs) > 1:
+            raise UsageError("--netns all already includes every namespace; give it alone")
+        self.interval = interval
+        self.threshold = threshold
+        self.per_packet = per_packet
+        self.counters = counters
+        self.max_flow_events = max_flow_events
+        self.announce = announce or (lambda msg: None)
+        self.attach_path: str | None = None
+        self.per_packet_mode = "off"  # what attach() ended up with
+        self.per_packet_reason: str | None = None
+        self._namespaces: dict[int, netns_mod.Netns] = {}
+        self._last: dict[int, Snapshot] = {}
+        self._full: dict[int, bool] = {}
+        self._caveat: str | None = None
+        self._next_discovery = 0.0
+        self._bpf = None
+        self._buffers = None
+        self._active = 0
+        self._plan: KprobePlan | None = None
+        self._drops = None  # DropSensor in correlation mode
+        self._to_wall = MonotonicToWall()
+        self._lost_full = 0
+        self._lost_context = 0
+        self._missed_returns = 0
+        self._entries_seen: dict[str, int] = {}
+        self._drop_losses: dict[str, int] = {}
+        self._drop_loss_details: dict[str, int] = {}
+
+    # -- contract -----------------------------------------------------------------
+    def check(self) -> SensorStatus:
+        if not os.path.exists(STAT_PATH):
+            return SensorStatus(self.name, False, None,
+                                f"{STAT_PATH} missing: nf_conntrack is not loaded (or CONFIG_NF_CONNTRACK_PROCFS "
+                                "is off); nothing to watch")
+        if self.watch_all or any(self.specs):
+            caps = effective_capabilities()
+            if "CAP_SYS_ADMIN" not in caps:
+                return SensorStatus(self.name, False, None,
+                                    "needs CAP_SYS_ADMIN to enter other network namespaces (setns) and read their "
+                                    "counters; without it only the agent's own namespace can be watched")
+        mode, path, reason, details = self._choose_per_packet()
+        if mode == "unavailable":
+            return SensorStatus(self.name, False, None, reason, details)
+        attach = COUNTERS_PATH + (f" + {path}" if path else "")
+        try:
+            caveat = kernel_caveat(read_snapshot(netns_mod.current()))
+        except (ProbeUnavailable, InsufficientPrivilege, StatFormatError, OSError):
+            caveat = None
+        if caveat:
+            details["caveat"] = caveat
+        details["per_packet"] = mode
+        return SensorStatus(self.name, True, attach, reason, details)
+
+    def attach(self) -> str:
+        self._namespaces, self._last, self._full = {}, {}, {}
+        self._start_counters()
+        mode, path, reason, _ = self._choose_per_packet()
+        if mode == "unavailable":
+            raise ProbeUnavailable(reason)
+        self.per_packet_reason = reason
+        try:
+            if mode == "kprobe":
+                path = self._attach_kprobes()
+            elif mode == "correlation":
+                path = self._attach_correlation()
+        except (ProbeUnavailable, InsufficientPrivilege) as exc:
+            self.detach()
+            if self.per_packet != "auto":
+                raise
+            # Counters stand on their own: degrade rather than fail.
+            self.per_packet_reason = f"{reason + '; ' if reason else ''}per-packet part failed: {exc}"
+            self.announce(f"conntrack: {self.per_packet_reason}; counters only")
+            mode, path = "off", None
+        self.per_packet_mode = mode
+        self.attach_path = COUNTERS_PATH + (f" + {path}" if path else "")
+        return self.attach_path
+
+    def poll(self) -> list[dict]:
+        now = time.time()
+        intervals: dict[int, Interval] = {}
+        events: list[dict] = []
+        # Counters first, then the per-packet buffers: the swap happens right
+        # after, so both cover (almost exactly) the same span.
+        for inode, ns in list(self._namespaces.items()):
+            try:
+                snap = read_snapshot(ns)
+            except (NamespaceGone, ConntrackAbsent) as exc:
+                self.announce(f"conntrack: stop watching netns {ns.name}: {exc}")
+                self._forget(inode)
+                continue
+            except (ProbeUnavailable, OSError, StatFormatError) as exc:
+                # keep the baseline: the next good reading covers this interval too
+                self.announce(f"conntrack: netns {ns.name} unreadable this interval ({exc}); retrying")
+                continue
+            prev = self._last[inode]
+            try:
+                interval = Interval(prev, snap, threshold=self.threshold, was_full=self._full.get(inode, False),
+                                    caveat=self._caveat)
+            except StatFormatError:
+                self._last[inode] = snap  # the layout changed under us (module reload): new baseline
+                continue
+            self._last[inode] = snap
+            self._full[inode] = interval.above_threshold
+            intervals[inode] = interval
+            events.extend(interval.events(counters=self._want_counters(interval)))
+        per_packet = self._drain_per_packet(now)
+        if self.per_packet_mode == "correlation":
+            events.extend(correlated_events(intervals, per_packet, max_flows=self.max_flow_events, now=now))
+        else:
+            events.extend(per_packet)
+        if self.watch_all and time.monotonic() >= self._next_discovery:
+            self._discover()
+        return events
+
+    def detach(self) -> None:
+        if self._bpf is not None:
+            try:
+                self._bpf.cleanup()
+            finally:
+                self._bpf = None
+                self._buffers = None
+        if self._drops is not None:
+            try:
+                self._note_drop_losses()
+                self._drops.detach()
+            finally:
+                self._drops = None
+
+    def losses(self) -> dict[str, int]:
+        self._note_drop_losses()
+        kernel = self._lost_full + self._lost_context + self._missed_returns + self._drop_losses.get("kernel", 0)
+        return {"kernel": kernel}
+
+    def loss_details(self) -> dict[str, int]:
+        self._note_drop_losses()
+        out = {"map_full": self._lost_full, "context_lost": self._lost_context,
+               "kretprobe_missed": self._missed_returns}
+        out.update({f"drops_{k}": v for k, v in self._drop_loss_details.items()})
+        return out
+
+    def _note_drop_losses(self):
+        """Keep the correlation drop sensor's (cumulative) losses past its detach."""
+        if self._drops is not None:
+            self._drop_losses = dict(self._drops.losses())
+            self._drop_loss_details = dict(getattr(self._drops, "loss_details", dict)())
+
+    @property
+    def caveat(self) -> str | None:
+        """Why insert_failed overstates trouble on this (old) kernel, if it does."""
+        return self._caveat
+
+    @property
+    def namespaces(self) -> list[netns_mod.Netns]:
+        return list(self._namespaces.values())
+
+    # -- counters ----------------------------------------------------------------
+    def _start_counters(self):
+        if self.watch_all:
+            self._discover(announce_new=False)
+            if not self._namespaces:
+                raise ProbeUnavailable("no network namespace has conntrack statistics (nf_conntrack not loaded?)")
+        else:
+            for spec in self.specs:
+                ns = netns_mod.resolve(spec)
+                snap = read_snapshot(ns)  # ConntrackAbsent / InsufficientPrivilege propagate: named explicitly
+                self._watch(ns, snap)
+
+    def _watch(self, ns, snap: Snapshot):
+        self._namespaces[ns.inode] = ns
+        self._last[ns.inode] = snap
+        # not "already full": a table that is over the threshold when we start is alerted at once
+        self._full[ns.inode] = False
+        if self._caveat is None:
+            self._caveat = kernel_caveat(snap)
+
+    def _forget(self, inode: int):
+        self._namespaces.pop(inode, None)
+        self._last.pop(inode, None)
+        self._full.pop(inode, None)
+
+    def _discover(self, announce_new: bool = True):
+        """Start watching every namespace that has conntrack statistics.
+
+        All of them get a baseline at once, so counting starts when we first
+        see a namespace; counters events are only emitted for namespaces
+        where conntrack is in use (see _want_counters).
+        """
+        self._next_discovery = time.monotonic() + max(REDISCOVER_SECONDS, self.interval)
+        for inode, ns in candidate_namespaces().items():
+            if inode in self._namespaces:
+                continue
+            try:
+                snap = read_snapshot(ns)
+            except (ConntrackAbsent, NamespaceGone, StatFormatError):
+                continue
+            except InsufficientPrivilege:
+                if not self._namespaces:
+                    raise
+                continue
+            self._watch(ns, snap)
+            if announce_new and snap.active:
+                self.announce(f"conntrack: now watching netns {ns.name}")
+        for inode in list(self._namespaces):
+            if not os.path.exists(self._namespaces[inode].path):
+                self._forget(inode)
+
+    def _want_counters(self, interval: Interval) -> bool:
+        if self.counters == "never":
+            return False
+        changed = any(interval.rises.values()) or interval.before.entries != interval.after.entries
+        if self.counters == "changes":
+            return changed
+        # "always": every namespace named, or every one where conntrack is in use
+        return not self.watch_all or interval.after.active
+
+    # -- per packet -------------------------------------------------------------
+    def _choose_per_packet(self) -> tuple[str, str | None, str | None, dict]:
+        """(mode, attach path, reason, details) for the per-packet part."""
+        details: dict = {}
+        if self.per_packet == "off":
+            return "off", None, "per-packet events disabled (per_packet = off)", details
+        no_kprobes = kprobes_unavailable_reason()
+        plan_error = None
+        if not no_kprobes and self.per_packet in ("auto", "kprobe"):
+            try:
+                plan = KprobePlan(btf=_btf_or_none())
+                details["kprobe_notes"] = plan.notes
+                self._plan = plan
+                return "kprobe", plan.describe(), None, details
+            except ProbeUnavailable as exc:
+                plan_error = str(exc)
+        if self.per_packet == "kprobe":
+            return "unavailable", None, f"per-packet kprobes requested but {no_kprobes or plan_error}", details
+        why = no_kprobes or f"kprobes cannot be used: {plan_error}"
+        from netagent.probes.drops import DropSensor  # noqa: PLC0415 - BCC only when needed
+
+        drops_status = DropSensor().check()
+        if not drops_status.can_run:
+            reason = f"{why}, and the drop sensor cannot run ({drops_status.reason}): counters only"
+            if self.per_packet == "correlation":
+                return "unavailable", None, reason, details
+            return "off", None, reason, details
+        reason = f"{why}: per-packet conntrack events by correlation with the drop sensor's NETFILTER_DROP"
+        if self.per_packet == "correlation" and not no_kprobes:
+            reason = "per-packet conntrack events by correlation with the drop sensor's NETFILTER_DROP (as configured)"
+        return "correlation", CORRELATION_PATH.format(drops_status.attach_path), reason, details
+
+    def _filter_netns(self) -> int:
+        if self.watch_all or len(self._namespaces) != 1:
+            return 0
+        return next(iter(self._namespaces))
+
+    def _attach_kprobes(self) -> str:
+        require_bpf("attach the conntrack kprobes")
+        btf = kernel_btf()
+        plan = self._plan or KprobePlan(btf=btf)
+        bpf = compile_probes(build_macros(plan, btf, self._filter_netns()))
+        try:
+            self._buffers = (bpf[b"flows_a"], bpf[b"flows_b"])
+            bpf[b"active_flows"][ctypes.c_int(0)] = ctypes.c_int(self._buffers[0].get_fd())
+            self._active = 0
+            for kind, function, program in plan.probes:
+                if kind == "kprobe":
+                    bpf.attach_kprobe(event=function, fn_name=program)
+                else:
+                    bpf.attach_kretprobe(event=function, fn_name=program, maxactive=KRETPROBE_MAXACTIVE)
+        except BaseException as exc:
+            bpf.cleanup()
+            self._buffers = None
+            if isinstance(exc, Exception) and not isinstance(exc, ProbeUnavailable):
+                raise ProbeUnavailable(f"attaching conntrack kprobes failed: {exc}") from None
+            raise
+        self._bpf = bpf
+        self._plan = plan
+        return plan.describe()
+
+    def _attach_correlation(self) -> str:
+        from netagent.probes.drops import DropFilters, DropSensor  # noqa: PLC0415
+
+        only = self._filter_netns()
+        spec = self._namespaces[only].path if only else ""
+        sensor = DropSensor(DropFilters(netns=spec, reasons=[NETFILTER_DROP]), interval=self.interval,
+                            announce=self.announce)
+        path = sensor.attach()
+        self._drops = sensor
+        return CORRELATION_PATH.format(path)
+
+    def _drain_per_packet(self, now: float) -> list[dict]:
+        if self._drops is not None:
+            return self._drops.poll()
+        if self._bpf is None:
+            return []
+        old = self._buffers[self._active]
+        self._active ^= 1
+        self._bpf[b"active_flows"][ctypes.c_int(0)] = ctypes.c_int(self._buffers[self._active].get_fd())
+        items = list(old.items())
+        old.clear()
+        merged: dict = {}
+        for key, val in items:
+            inode = int(key.netns)
+            if inode not in self._namespaces and not self.watch_all:
+                continue  # several namespaces named: keep theirs only
+            parts = decode_flow(key)
+            merge(merged, netns=inode, count=int(val.count), start=iso_timestamp(self._to_wall(int(val.first_ns))),
+                  end=iso_timestamp(self._to_wall(int(val.last_ns))), extra_key=(int(key.kind),), **parts)
+        events = []
+        for flow_key, flow in merged.items():
+            ns = self._namespaces.get(flow.netns)
+            events.append(render_flow(flow, flow_key[-1][0], netns_name=ns.name if ns else None, now=now))
+        events.sort(key=lambda e: e["netagent"]["conntrack"]["count"], reverse=True)
+        self._update_bpf_losses()
+        return events
+
+    def _update_bpf_losses(self):
+        lost = self._bpf[b"lost"]
+        self._lost_full = sum(int(v) for v in lost[ctypes.c_int(0)])
+        self._lost_context = sum(int(v) for v in lost[ctypes.c_int(1)])
+        hits = self._bpf[b"hits"]
+        # Returns now against entries one poll ago: a call that entered an
+        # interval ago has long returned, so the difference is what kretprobes missed.
+        missed = 0
+        seen = {}
+        for function, (entry, ret) in HIT_PAIRS.items():
+            returns = sum(int(v) for v in hits[ctypes.c_int(ret)])
+            seen[function] = sum(int(v) for v in hits[ctypes.c_int(entry)])
+            if function in self._entries_seen and self._probes_return(function):
+                missed += max(0, self._entries_seen[function] - returns)
+        self._entries_seen = seen
+        self._missed_returns = max(self._missed_returns, missed)
+
+    def _probes_return(self, function: str) -> bool:
+        return any(kind == "kretprobe" and fn == function for kind, fn, _ in (self._plan.probes if self._plan else []))
+
+
+def _btf_or_none():
+    try:
+        return kernel_btf()
+    except BtfError:
+        return None
+
+
+def bcc_kprobe_type():
+    """BPF.KPROBE, for tests that load the programs without attaching them."""
+    return import_bcc().BPF.KPROBE
