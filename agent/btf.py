@@ -145,6 +145,9 @@ class Btf:
             return size_or_type & 0xFFFFFFFF
         if kind == PTR:
             return 8
+        if kind == ARRAY:
+            elem_type, _index_type, nelems = struct.unpack_from("<III", self._data, self._offsets[type_id] + 12)
+            return self.size(elem_type) * nelems
         raise BtfError(f"size of kind {kind} not supported")
 
     def struct_id(self, name: str) -> int:

@@ -85,8 +85,8 @@ def drops(netns, reasons, iface, proto, host, port, interval, duration, top, out
     summary = DropSummary()
     emitter = JsonLineEmitter()
     with StopSignals() as signals:
-        started = time.monotonic()
         path = sensor.attach()
+        started = time.monotonic()  # --duration counts from attach: the time spent watching
         try:
             note(f"netagent: attached to {path} (reasons from {sensor.reason_source}, "
                  f"offsets from {sensor.offset_source}); interval {interval:g}s")
