@@ -49,7 +49,8 @@ class JsonLineEmitter:
 def render_table(rows: list[dict], columns: list[tuple[str, str]], max_width: int | None = None) -> str:
     """Plain aligned table; `columns` is [(key, header)]. Long cells are cut with '…'."""
     if max_width is None:
-        max_width = shutil.get_terminal_size((160, 24)).columns
+        # cut lines to the terminal only on a terminal; piped output stays whole
+        max_width = shutil.get_terminal_size((160, 24)).columns if sys.stdout.isatty() else 10_000
     cells = [[str(row.get(key, "") if row.get(key) is not None else "-") for key, _ in columns] for row in rows]
     headers = [header for _, header in columns]
     widths = [len(h) for h in headers]
