@@ -1,0 +1,339 @@
+"""`netagent run` in-process (CliRunner isolation + netagent.cli.main) with test-double sensors.
+
+The sensors here are fakes registered as modules under a test-only name, so
+the daemon's real paths run: registry, config validation, attach, polling
+threads, the pipeline, the file sink, signals, reload and sd_notify.
+"""
+
+import os
+import signal
+import socket
+import sys
+import textwrap
+import threading
+import time
+import types
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from netagent import registry
+from netagent.cli import main
+from netagent.errors import InsufficientPrivilege, ProbeUnavailable, UsageError
+from netagent.events import new_event
+from netagent.sensor import Sensor, SensorStatus
+
+
+class FakeSensor(Sensor):
+    def __init__(self, name, interval, per_poll, kernel_lost, can_run=True, attach_error=None):
+        self.name = name
+        self.interval = interval
+        self.per_poll = per_poll
+        self.kernel_lost = kernel_lost
+        self.can_run = can_run
+        self.attach_error = attach_error
+        self.attached = False
+        self.detached = False
+        self.n = 0
+
+    def check(self):
+        return SensorStatus(self.name, self.can_run, "fake hook" if self.can_run else None,
+                            None if self.can_run else "fake kernel lacks the hook")
+
+    def attach(self):
+        if self.attach_error:
+            raise self.attach_error
+        self.attached = True
+        return f"fake hook ({self.name})"
+
+    def poll(self):
+        out = []
+        for _ in range(self.per_poll):
+            self.n += 1
+            out.append(new_event(dataset=f"netagent.{self.name}", action="fake", netagent={"n": self.n}))
+        return out
+
+    def detach(self):
+        self.detached = True
+
+    def losses(self):
+        return {"kernel": self.kernel_lost}
+
+
+def fake_module(name, monkeypatch, **behaviour):
+    """A sensor module following the registry contract, importable as netagent_test_<name>."""
+    mod = types.ModuleType(f"netagent_test_{name}")
+    mod.CONFIG_SECTION = name
+    mod.CONFIG_SCHEMA = {"enabled": ("bool", True), "interval": ("duration", 0.05), "per_poll": ("int", 3),
+                         "kernel_lost": ("int", 0)}
+    mod.instances = []
+
+    def from_config(cfg):
+        s = FakeSensor(name, cfg["interval"], cfg["per_poll"], cfg["kernel_lost"], **behaviour)
+        mod.instances.append(s)
+        return s
+
+    mod.from_config = from_config
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    return mod
+
+
+@pytest.fixture
+def sensors(monkeypatch):
+    """Two working fakes, one that cannot run here, one whose module does not import."""
+    mods = {
+        "alpha": fake_module("alpha", monkeypatch),
+        "beta": fake_module("beta", monkeypatch),
+        "gamma": fake_module("gamma", monkeypatch, can_run=False),
+    }
+    monkeypatch.setattr(registry, "SENSOR_MODULES", [
+        "netagent_test_alpha", "netagent_test_beta", "netagent_test_gamma", "netagent_test_missing"])
+    return mods
+
+
+def write(tmp_path, text, name="agent.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def base_config(tmp_path, extra=""):
+    return f"""
+        [agent]
+        heartbeat = "200ms"
+        shutdown_timeout = "3s"
+        [sensors.beta]
+        kernel_lost = 7
+        [[sinks]]
+        type = "file"
+        path = "{tmp_path}/events.json"
+        {extra}
+        """
+
+
+def read_events(path):
+    with open(path, "rb") as f:
+        return [orjson.loads(line) for line in f]
+
+
+def run_daemon(args, actions):
+    """Run `netagent run ...` on this (main) thread; `actions` is [(delay, signal or callable)]
+    performed from a helper thread while the daemon runs (signals go to this process)."""
+    done = threading.Event()
+
+    def sender():
+        for delay, sig in actions:
+            if done.wait(delay):
+                return  # the daemon already exited: never signal the test runner itself
+            if callable(sig):
+                sig()
+            else:
+                os.kill(os.getpid(), sig)
+
+    # Should a signal still arrive after the daemon restored the handlers, it lands
+    # here instead of killing the whole pytest run.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    t = threading.Thread(target=sender, daemon=True)
+    runner = CliRunner()
+    try:
+        with runner.isolation() as streams:
+            t.start()
+            t0 = time.monotonic()
+            try:
+                main(args)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code
+            finally:
+                done.set()
+            elapsed = time.monotonic() - t0
+            out, err = streams[0].getvalue().decode(), streams[1].getvalue().decode()
+        t.join(5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code, out, err, elapsed
+
+
+@pytest.mark.timeout(60)
+def test_run_lifecycle_sequence_and_totals(tmp_path, sensors):
+    path = write(tmp_path, base_config(tmp_path))
+    code, out, err, elapsed = run_daemon(["run", "--config", path], [(1.2, signal.SIGTERM)])
+    assert code == 0, err
+    events = read_events(tmp_path / "events.json")
+    seqs = [e["event"]["sequence"] for e in events]
+    assert seqs == list(range(1, len(events) + 1))  # contiguous, in file order
+
+    started, stopped = events[0], events[-1]
+    assert started["event"]["action"] == "agent-started" and started["event"]["dataset"] == "netagent.agent"
+    by_name = {s["name"]: s for s in started["netagent"]["agent"]["sensors"]}
+    assert by_name["alpha"]["state"] == "on" and by_name["alpha"]["attach_path"] == "fake hook (alpha)"
+    assert by_name["gamma"]["state"] == "off" and "fake kernel lacks the hook" in by_name["gamma"]["reason"]
+    missing = by_name["netagent_test_missing"]  # section named after the module when it cannot load
+    assert missing["state"] == "off" and "cannot import netagent_test_missing" in missing["reason"]
+
+    assert stopped["event"]["action"] == "agent-stopped"
+    totals = stopped["netagent"]["agent"]
+    assert totals["reason"] == "SIGTERM"
+    assert totals["events_emitted"] == stopped["event"]["sequence"] == len(events)
+    assert totals["lost"] == {"kernel": 7, "queue": 0, "sink": 0, "spool": 0}
+
+    fake = [e for e in events if e["event"]["action"] == "fake"]
+    alpha = [e["netagent"]["n"] for e in fake if e["event"]["dataset"] == "netagent.alpha"]
+    # every event the sensor produced arrived, including the final poll made at detach
+    assert alpha == list(range(1, sensors["alpha"].instances[0].n + 1)) and len(alpha) >= 30
+    assert totals["events_by_dataset"]["netagent.alpha"] == len(alpha)
+    assert all(s.detached for m in sensors.values() for s in m.instances if s.attached)
+
+    beats = [e for e in events if e["event"]["action"] == "heartbeat"]
+    assert len(beats) >= 3
+    hb = beats[-1]
+    assert hb["event"]["kind"] == "metric"
+    agent = hb["netagent"]["agent"]
+    assert agent["rss_bytes"] > 10_000_000 and agent["cpu_seconds"] > 0
+    assert agent["lost"]["kernel"] == 7
+    assert agent["events_emitted"] == hb["event"]["sequence"] - 1
+    assert {s["name"]: s["state"] for s in agent["sensors"]}["alpha"] == "on"
+    assert "started (pid" in err and "stopped (SIGTERM)" in err
+    assert elapsed < 6
+
+
+@pytest.mark.timeout(60)
+def test_sighup_with_invalid_config_keeps_the_old_one(tmp_path, sensors):
+    path = write(tmp_path, base_config(tmp_path))
+
+    def break_config():
+        with open(path, "a") as f:
+            f.write('\n[sensors.alpha]\ninterval = "soon"\n')
+
+    code, out, err, _ = run_daemon(["run", "--config", path], [
+        (0.6, break_config), (0.0, signal.SIGHUP), (0.8, signal.SIGTERM)])
+    assert code == 0, err
+    assert "reload rejected, keeping the running configuration" in err and "sensors.alpha.interval" in err
+    events = read_events(tmp_path / "events.json")
+    assert [e["event"]["sequence"] for e in events] == list(range(1, len(events) + 1))
+    failed = [i for i, e in enumerate(events) if e["event"]["action"] == "config-reload-failed"]
+    assert len(failed) == 1
+    assert "sensors.alpha.interval" in events[failed[0]]["netagent"]["agent"]["error"]
+    # the sensors kept running with the old configuration after the rejected reload
+    after = [e for e in events[failed[0]:] if e["event"]["dataset"] == "netagent.alpha"]
+    assert len(after) >= 5
+    assert len(sensors["alpha"].instances) == 1  # never re-created
+
+
+@pytest.mark.timeout(60)
+def test_sighup_applies_a_valid_change_and_reopens_files(tmp_path, sensors):
+    path = write(tmp_path, base_config(tmp_path))
+    second = tmp_path / "second.json"
+
+    def change_config():
+        os.rename(tmp_path / "events.json", tmp_path / "events.json.rotated")  # logrotate
+        with open(path, "a") as f:
+            f.write(f'\n[[sinks]]\ntype = "file"\npath = "{second}"\n[sensors.alpha]\nper_poll = 1\n')
+
+    code, out, err, _ = run_daemon(["run", "--config", path], [
+        (0.6, change_config), (0.0, signal.SIGHUP), (0.8, signal.SIGTERM)])
+    assert code == 0, err
+    assert "configuration reloaded" in err
+    rotated = read_events(tmp_path / "events.json.rotated")
+    current = read_events(tmp_path / "events.json")  # reopened at the same path
+    seqs = [e["event"]["sequence"] for e in rotated + current]
+    assert seqs == list(range(1, len(seqs) + 1))  # nothing lost across the reopen
+    reloaded = next(e for e in current + rotated if e["event"]["action"] == "config-reloaded")
+    assert reloaded["netagent"]["agent"]["sinks_started"] == ["file-2"]
+    assert reloaded["netagent"]["agent"]["sensors_restarted"] == ["alpha"]
+    new_sink = read_events(second)
+    assert new_sink and new_sink[-1]["event"]["action"] == "agent-stopped"
+    assert len(sensors["alpha"].instances) == 2 and sensors["alpha"].instances[0].detached
+    assert len(sensors["beta"].instances) == 1  # unchanged sensors keep running
+
+
+@pytest.mark.timeout(60)
+def test_sd_notify_ready_after_sensors_attached(tmp_path, sensors, monkeypatch):
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(0.1)
+    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
+    path = write(tmp_path, base_config(tmp_path))
+    code, out, err, _ = run_daemon(["run", "--config", path], [(0.8, signal.SIGHUP), (0.5, signal.SIGTERM)])
+    assert code == 0, err
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+    sock.close()
+    assert messages[0].startswith("READY=1\n")
+    assert "STATUS=2 sensor(s) on: alpha (fake hook (alpha)), beta (fake hook (beta))" in messages[0]
+    assert any(m.startswith("RELOADING=1") for m in messages)
+    assert messages[-1].startswith("STOPPING=1")
+
+
+def test_no_sensor_can_attach_exits_69(tmp_path, monkeypatch, capsys):
+    fake_module("delta", monkeypatch, attach_error=ProbeUnavailable("no such tracepoint"))
+    monkeypatch.setattr(registry, "SENSOR_MODULES", ["netagent_test_delta"])
+    path = write(tmp_path, f'[[sinks]]\ntype = "file"\npath = "{tmp_path}/e.json"\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", path])
+    assert exc.value.code == 69
+    assert "no sensor could attach: delta: no such tracepoint" in capsys.readouterr().err
+
+
+def test_no_privilege_for_any_sensor_exits_77(tmp_path, monkeypatch, capsys):
+    fake_module("eps", monkeypatch, attach_error=InsufficientPrivilege("need root or CAP_BPF"))
+    monkeypatch.setattr(registry, "SENSOR_MODULES", ["netagent_test_eps"])
+    path = write(tmp_path, f'[[sinks]]\ntype = "file"\npath = "{tmp_path}/e.json"\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", path])
+    assert exc.value.code == 77
+
+
+def test_sensor_rejecting_its_configuration_exits_78(tmp_path, monkeypatch, capsys):
+    mod = fake_module("zeta", monkeypatch, attach_error=UsageError("unknown drop reason FOO"))
+    monkeypatch.setattr(registry, "SENSOR_MODULES", ["netagent_test_zeta"])
+    path = write(tmp_path, f'[[sinks]]\ntype = "file"\npath = "{tmp_path}/e.json"\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", path])
+    assert exc.value.code == 78
+    assert f"{path}:sensors.zeta: unknown drop reason FOO" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "e.json") or os.path.getsize(tmp_path / "e.json") == 0
+    assert mod.instances[0].attached is False
+
+
+def test_unusable_sink_exits_78_before_any_sensor_attaches(tmp_path, sensors, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = write(tmp_path, f'[[sinks]]\ntype = "file"\npath = "{blocker}/events.json"\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", path])
+    assert exc.value.code == 78
+    assert f"{path}:sinks[1].path: cannot open" in capsys.readouterr().err
+    assert not sensors["alpha"].instances  # nothing attached
+
+
+@pytest.mark.timeout(60)
+def test_reload_moves_a_prometheus_sink_to_new_settings_on_the_same_port(tmp_path, sensors):
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prom = f'\n[[sinks]]\ntype = "prometheus"\nlisten = "127.0.0.1:{port}"\n'
+    path = write(tmp_path, base_config(tmp_path) + prom)
+    scraped = []
+
+    def change_and_scrape():
+        with open(path, "a") as f:
+            f.write("max_interfaces = 8\n")  # same port, other settings: a new sink must take the port over
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.6)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            scraped.append(r.read().decode())
+
+    code, out, err, _ = run_daemon(["run", "--config", path], [(0.6, change_and_scrape), (0.2, signal.SIGTERM)])
+    assert code == 0, err
+    assert "configuration reloaded" in err and "reload rejected" not in err
+    assert scraped and 'netagent_events_total{dataset="netagent.alpha"}' in scraped[0]
