@@ -29,7 +29,7 @@ AGENT_SCHEMA = {
     "shutdown_timeout": ("duration", 5.0),
 }
 
-TOP_LEVEL = ("agent", "sensors", "sinks")
+TOP_LEVEL = ("agent", "sensors", "sinks", "findings")
 
 
 @dataclass
@@ -39,6 +39,7 @@ class AgentConfig:
     sensors: dict  # section -> validated table (or the raw table if its module failed)
     sinks: list  # validated tables, each with "type" and a unique "name"
     sensor_modules: list = field(default_factory=list)  # registry.SensorModule list used to validate
+    findings: dict = field(default_factory=dict)  # [findings]: the correlator's rules (netagent.findings)
 
     def sensor_module(self, section: str):
         for module in self.sensor_modules:
@@ -51,7 +52,10 @@ class AgentConfig:
         from netagent.sinks import sink_class
         from netagent.sinks.base import COMMON_SCHEMA
 
-        doc = {"agent": _formatted(AGENT_SCHEMA, self.agent), "sensors": {}, "sinks": []}
+        from netagent.findings.correlator import CONFIG_SCHEMA as FINDINGS_SCHEMA
+
+        doc = {"agent": _formatted(AGENT_SCHEMA, self.agent), "sensors": {}, "sinks": [],
+               "findings": _formatted(FINDINGS_SCHEMA, self.findings)}
         for section, table in self.sensors.items():
             module = self.sensor_module(section)
             doc["sensors"][section] = _formatted(module.schema, table) if module and module.loaded else dict(table)
@@ -139,7 +143,10 @@ def validate(doc: dict, source: str, *, sensor_paths: list[str] | None = None) -
         sinks_doc = [{"type": "stdout"}]
     sinks = [_sink(table, i, source) for i, table in enumerate(sinks_doc, start=1)]
     _check_sink_conflicts(sinks, source)
-    return AgentConfig(source, agent, sensors, sinks, modules)
+    from netagent.findings.correlator import CONFIG_SCHEMA as FINDINGS_SCHEMA
+
+    findings = _apply(FINDINGS_SCHEMA, _table(doc, "findings", source), source, "findings")
+    return AgentConfig(source, agent, sensors, sinks, modules, findings)
 
 
 def _table(doc: dict, key: str, source: str) -> dict:
@@ -236,6 +243,8 @@ def to_toml(doc: dict) -> str:
     table("[agent]", doc["agent"])
     for section, values in doc["sensors"].items():
         table(f"[sensors.{_key(section)}]", values)
+    if doc.get("findings"):
+        table("[findings]", doc["findings"])
     for values in doc["sinks"]:
         table("[[sinks]]", values)
     return "\n".join(lines)

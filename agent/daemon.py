@@ -312,7 +312,7 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         sinks = self._start_sinks(cfg.sinks, cfg.source)
-        self.pipeline = Pipeline(sinks, capacity=cfg.agent["queue_events"])
+        self.pipeline = Pipeline(sinks, capacity=cfg.agent["queue_events"], processors=_processors(cfg))
         self.pipeline.start()
         try:
             self.runners = self._attach_sensors(cfg)
@@ -451,6 +451,8 @@ class Daemon:
                     self._retired_kernel_losses[place] = self._retired_kernel_losses.get(place, 0) + n
         self.runners = runners
         self.pipeline.queue.capacity = new.agent["queue_events"]
+        if new.findings != self.config.findings:
+            self.pipeline.processors = _processors(new)
         self.config = new
         changed = {"sinks_started": [s.name for s in sinks if s not in old_sinks.values()],
                    "sinks_stopped": [s.name for s in removed],
@@ -516,6 +518,13 @@ class Daemon:
             if next_wd is not None and now >= next_wd:
                 sdnotify.notify("WATCHDOG=1")
                 next_wd = now + wd
+
+
+def _processors(cfg: config_mod.AgentConfig) -> list:
+    """The correlator turns the sensors' events into findings ("the cause is X")."""
+    from netagent.findings.correlator import Correlator
+
+    return [Correlator.from_config(cfg.findings)] if cfg.findings.get("enabled", True) else []
 
 
 def _sink_key(table: dict) -> bytes:

@@ -302,3 +302,16 @@ def test_schema_helpers():
         apply_schema({"a": ("int", 1)}, {"b": 2})
     assert exc.value.key == "b" and "known keys: a" in exc.value.message
     assert apply_schema({"a": ("int", 1), "d": ("duration", 1.0)}, {"d": "250ms"}) == {"a": 1, "d": 0.25}
+
+
+def test_findings_table_configures_the_daemon_correlator():
+    from netagent import config as config_mod
+    from netagent.daemon import _processors
+    from netagent.findings.correlator import Correlator
+
+    default = config_mod.parse("", "inline.toml")
+    assert default.findings["steal_pct"] == 10.0 and default.findings["window"] == 60.0
+    assert [type(p) for p in _processors(default)] == [Correlator]
+    tuned = config_mod.parse('[findings]\nsteal_pct = 25.0\nwindow = "30s"\n', "inline.toml")
+    assert tuned.findings["steal_pct"] == 25.0 and tuned.findings["window"] == 30.0
+    assert _processors(config_mod.parse("[findings]\nenabled = false\n", "inline.toml")) == []
