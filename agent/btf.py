@@ -107,7 +107,7 @@ class Btf:
 
     def _build_name_index(self):
         index: dict[tuple[int, str], list[int]] = {}
-        wanted = {STRUCT, UNION, ENUM, ENUM64, TYPEDEF}
+        wanted = {STRUCT, UNION, ENUM, ENUM64, TYPEDEF, FUNC}
         data = self._data
         for type_id in range(1, len(self._offsets)):
             pos = self._offsets[type_id]
@@ -211,6 +211,18 @@ class Btf:
         prefix = {STRUCT: "struct ", UNION: "union ", ENUM: "enum ", ENUM64: "enum ", FWD: "struct "}.get(kind, "")
         return prefix + (self.name(type_id) or "<anon>")
 
+    def function_params(self, name: str) -> list[str] | None:
+        """Parameter names of kernel function `name` from its BTF prototype, or
+        None when BTF does not describe it (inlined, or static without BTF)."""
+        try:
+            func_id = self.find(name, FUNC)
+        except BtfError:
+            return None
+        pos, _, kind, vlen, _ = self._header(self._header(func_id)[4] & 0xFFFFFFFF)
+        if kind != FUNC_PROTO:
+            return None
+        return [self._string(struct.unpack_from("<II", self._data, pos + 12 + 8 * i)[0]) for i in range(vlen)]
+
     def raw_tracepoint_args(self, event: str) -> list[str]:
         """Argument types of a tracepoint as a raw tracepoint sees them (ctx->args[i]).
 
@@ -247,7 +259,7 @@ class Btf:
         return out
 
 
-_KIND_NAMES = {STRUCT: "struct", UNION: "union", ENUM: "enum", ENUM64: "enum64", TYPEDEF: "typedef"}
+_KIND_NAMES = {STRUCT: "struct", UNION: "union", ENUM: "enum", ENUM64: "enum64", TYPEDEF: "typedef", FUNC: "function"}
 
 _cached: Btf | None = None
 

@@ -17,12 +17,11 @@ import gzip
 import ipaddress
 import os
 import platform
-import struct
 import time
 
 from netagent import netns as netns_mod
 from netagent.bccloader import compile_program, import_bcc
-from netagent.btf import FUNC, FUNC_PROTO, BtfError, kernel_btf
+from netagent.btf import BtfError, kernel_btf
 from netagent.configschema import one_of
 from netagent.conntrack.correlate import NETFILTER_DROP, correlated_events
 from netagent.conntrack.flows import MergedFlow, merge
@@ -138,33 +137,10 @@ def _kernel_config_says(line: str) -> bool:
     return False
 
 
-_func_index_cache: dict[int, dict[str, int]] = {}
-
-
 def function_params(btf, name: str) -> list[str] | None:
     """Parameter names of kernel function `name` from its BTF prototype, or
     None when BTF has no such function (inlined, or no BTF for it)."""
-    index = _func_index_cache.get(id(btf))
-    if index is None:
-        # netagent.btf indexes only named types; functions are indexed here, once.
-        index = {}
-        wanted = set(PROBED_PARAMS)
-        data = btf._data
-        for type_id in range(1, len(btf._offsets)):
-            name_off, info = struct.unpack_from("<II", data, btf._offsets[type_id])
-            if (info >> 24) & 0x1F == FUNC and name_off:
-                fname = btf._string(name_off)
-                if fname in wanted:
-                    index.setdefault(fname, type_id)
-        _func_index_cache[id(btf)] = index
-    func_id = index.get(name)
-    if func_id is None:
-        return None
-    proto_id = btf._header(func_id)[4] & 0xFFFFFFFF
-    pos, _, kind, vlen, _ = btf._header(proto_id)
-    if kind != FUNC_PROTO:
-        return None
-    return [btf._string(struct.unpack_from("<II", btf._data, pos + 12 + 8 * i)[0]) for i in range(vlen)]
+    return btf.function_params(name)
 
 
 class KprobePlan:

@@ -107,3 +107,12 @@ def test_running_kernel_btf_has_the_fields_the_drop_sensor_reads():
     assert btf.member_size("sk_buff", "network_header") == 2
     reasons = btf.enum("skb_drop_reason")
     assert "SKB_DROP_REASON_NO_SOCKET" in reasons.values()
+
+
+@pytest.mark.skipif(not os.path.exists(B.VMLINUX_BTF), reason="kernel has no BTF (CONFIG_DEBUG_INFO_BTF)")
+def test_running_kernel_function_prototypes_and_tracepoint_args():
+    btf = B.Btf.load()
+    assert btf.function_params("tcp_v4_rcv") == ["skb"]
+    assert btf.function_params("no_such_function_xyz") is None
+    args = btf.raw_tracepoint_args("kfree_skb")
+    assert args[:2] == ["struct sk_buff *", "void *"]
