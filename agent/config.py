@@ -204,9 +204,9 @@ def _check_sink_conflicts(sinks: list[dict], source: str) -> None:
         names.add(table["name"])
     seen: dict[tuple, int] = {}
     for i, table in enumerate(sinks, start=1):
-        for key in ("path", "listen"):
+        for key in ("path", "listen", "spool_dir"):
             if key in table and table[key]:
-                target = (key, os.path.abspath(table[key]) if key == "path" else table[key])
+                target = (key, table[key] if key == "listen" else os.path.abspath(table[key]))
                 if target in seen:
                     raise ConfigError(f"{table[key]!r} is already used by sinks[{seen[target]}]", path=source,
                                       key=f"sinks[{i}].{key}")

@@ -315,3 +315,15 @@ def test_findings_table_configures_the_daemon_correlator():
     tuned = config_mod.parse('[findings]\nsteal_pct = 25.0\nwindow = "30s"\n', "inline.toml")
     assert tuned.findings["steal_pct"] == 25.0 and tuned.findings["window"] == 30.0
     assert _processors(config_mod.parse("[findings]\nenabled = false\n", "inline.toml")) == []
+
+
+def test_two_syslog_sinks_on_one_spool_dir_are_rejected(tmp_path):
+    from netagent import config as config_mod
+    from netagent.errors import ConfigError
+
+    text = ""
+    for port in (6514, 6515):
+        text += (f'[[sinks]]\ntype = "syslog"\naddress = "127.0.0.1:{port}"\ntls = false\n'
+                 f'spool_dir = "{tmp_path}/spool"\n')
+    with pytest.raises(ConfigError, match=r"sinks\[2\]\.spool_dir"):
+        config_mod.parse(text, "inline.toml")

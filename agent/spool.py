@@ -1,0 +1,554 @@
+"""A durable on-disk FIFO of records: the syslog sink's spool.
+
+Layout of a spool directory:
+
+    lock                  flock()ed while a process owns the spool
+    cursor                "<segment> <offset>": everything before it is delivered
+    00000000000000000007.seg, 00000000000000000008.seg, ...   segment files
+
+A segment is a plain append-only file of framed records:
+
+    magic (2 bytes "\\xa5Z") | length (u32 LE) | crc32 of payload (u32 LE) | payload
+
+Why it is shaped like this:
+- Append-only segments: a crash (kill -9, power loss) can only tear the last
+  record of the last segment. On open that tail is found by its length/CRC
+  and cut off, so every earlier record survives intact.
+- Two positions: `commit` (persisted in `cursor`, delivered) and `read`
+  (next record to hand to the sender). The sender may read ahead; when its
+  connection breaks it `rewind()`s to `commit`, which is what makes delivery
+  at-least-once. The cursor is written atomically (tmp + fsync + rename) and
+  lazily (every `cursor_interval`), so a crash repeats at most that much.
+- Whole segments are deleted once the commit position has passed them;
+  disk use is bounded by `max_bytes`, counting every segment file. When a
+  record does not fit, it is dropped and counted (place "spool"): old
+  records are never overwritten, since the oldest are the ones a SIEM has
+  not seen yet.
+- fsync policy: a process crash (kill -9) loses nothing write() returned
+  for: the page cache keeps it. Against power loss, data is fsynced every
+  `fsync_interval` seconds, on segment rotation and on close, but only
+  while `durable` is set. The sink sets it while records actually wait
+  (collector unreachable or behind); while the collector keeps up, records
+  are confirmed and their segments deleted within seconds, usually before
+  the kernel writes them back at all, so a healthy agent causes almost no
+  disk writes. The cursor is fsynced only in durable mode too: a stale
+  cursor after a power cut means records are sent again, never lost.
+
+The spool is used by one thread (the sink's delivery thread); it does no
+locking of its own beyond the cross-process directory lock.
+"""
+
+import errno
+import fcntl
+import os
+import struct
+import time
+import zlib
+from typing import NamedTuple
+
+MAGIC = b"\xa5Z"
+HEADER = struct.Struct("<2sII")
+HEADER_SIZE = HEADER.size
+SEGMENT_SUFFIX = ".seg"
+CURSOR_NAME = "cursor"
+LOCK_NAME = "lock"
+# A record longer than this is certainly garbage in a length field.
+MAX_RECORD = 64 * 2**20
+
+
+class SpoolError(OSError):
+    """The spool directory cannot be used (permissions, in use by another process)."""
+
+
+class SpoolBusy(SpoolError):
+    """Another owner holds the spool; `holder_pid` is its process (maybe this one)."""
+
+    def __init__(self, err: int, message: str, holder_pid: int | None):
+        super().__init__(err, message)
+        self.holder_pid = holder_pid
+
+
+class Position(NamedTuple):
+    segment: int
+    offset: int
+
+
+def segment_name(index: int) -> str:
+    return f"{index:020d}{SEGMENT_SUFFIX}"
+
+
+def frame(payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def default_segment_bytes(max_bytes: int) -> int:
+    # Small enough that a fully delivered segment is freed soon (at most an
+    # eighth of the bound sits delivered but undeleted), large enough that
+    # rotation (create + fsync dir) is rare.
+    return max(4096, min(16 * 2**20, max_bytes // 8))
+
+
+class Spool:
+    def __init__(
+        self,
+        directory: str,
+        max_bytes: int,
+        *,
+        segment_bytes: int | None = None,
+        fsync_interval: float = 1.0,
+        cursor_interval: float = 0.5,
+    ):
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes or default_segment_bytes(max_bytes)
+        self.fsync_interval = fsync_interval
+        self.cursor_interval = cursor_interval
+        # counters (read by other threads for status; plain ints are fine)
+        self.dropped_full = 0  # appends refused: spool at max_bytes
+        self.dropped_error = 0  # appends failed: disk error (ENOSPC, EIO)
+        self.corrupt = 0  # torn or damaged records found and skipped
+        self.recovered = 0  # records found waiting when the spool was opened
+        self.backlog = 0  # records appended and not yet committed
+        self._segments: list[int] = []  # existing segment indices, ascending
+        self._sizes: dict[int, int] = {}
+        self._commit = Position(0, 0)
+        self._read = Position(0, 0)
+        self._persisted = Position(-1, -1)
+        self._write_fd = -1
+        self._read_fd = -1
+        self._read_fd_seg = -1
+        self._lock_fd = -1
+        self._dir_fd = -1
+        self._dirty = False
+        self._last_fsync = float("-inf")
+        self._last_cursor_write = float("-inf")
+        self._durable = True
+        self._damaged: set[Position] = set()
+
+    # -- lifecycle ---------------------------------------------------------------
+    def open(self) -> "Spool":
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            self._lock_fd = os.open(os.path.join(self.directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            self._close_fds()
+            raise SpoolError(exc.errno, f"spool directory {self.directory}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_small(self._lock_fd).strip() or "?"
+            self._close_fds()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                pid = int(holder) if holder.isdigit() else None
+                who = "another sink of this process" if pid == os.getpid() else f"another process (pid {holder})"
+                raise SpoolBusy(
+                    exc.errno, f"spool directory {self.directory} is in use by {who}", pid
+                ) from None
+            raise SpoolError(exc.errno, f"spool directory {self.directory}: {exc.strerror}") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self._recover()
+        return self
+
+    def close(self) -> None:
+        if self._lock_fd < 0:
+            return
+        try:
+            self._durable = True  # what stays behind must survive anything
+            self.sync()
+            self._write_cursor(force=True)
+        finally:
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        for name in ("_write_fd", "_read_fd", "_dir_fd", "_lock_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, -1)
+        self._read_fd_seg = -1
+
+    # -- recovery ------------------------------------------------------------------
+    def _recover(self) -> None:
+        self._segments = sorted(self._list_segments())
+        self._sizes = {i: os.path.getsize(self._path(i)) for i in self._segments}
+        cursor = self._load_cursor()
+        if self._segments:
+            first, last = self._segments[0], self._segments[-1]
+            if cursor is None or cursor.segment < first:
+                cursor = Position(first, 0)
+            # Only the last segment can end in a torn record: cut it off.
+            self._truncate_torn_tail(last)
+            # (a cursor past the last segment means all of them were
+            # delivered; they are deleted below, never resent)
+            cursor = Position(cursor.segment, min(cursor.offset, self._sizes.get(cursor.segment, 0)))
+        else:
+            cursor = cursor or Position(0, 0)
+            cursor = Position(cursor.segment, 0)
+        self._commit = self._read = cursor
+        self._persisted = cursor
+        # Segments wholly before the cursor were delivered; a crash between
+        # cursor write and unlink can leave them.
+        for index in [i for i in self._segments if i < cursor.segment]:
+            self._delete_segment(index)
+        if cursor.segment not in self._sizes:
+            cursor = Position(cursor.segment, 0)
+            self._commit = self._read = cursor
+        self.recovered = self.backlog = self._count_from(cursor)
+
+    def _list_segments(self):
+        for name in os.listdir(self.directory):
+            if name.endswith(SEGMENT_SUFFIX) and name[: -len(SEGMENT_SUFFIX)].isdigit():
+                yield int(name[: -len(SEGMENT_SUFFIX)])
+
+    def _load_cursor(self) -> Position | None:
+        try:
+            with open(os.path.join(self.directory, CURSOR_NAME), "rb") as f:
+                parts = f.read(200).split()
+            return Position(int(parts[0]), int(parts[1]))
+        except (OSError, ValueError, IndexError):
+            return None  # no cursor (fresh spool) or unreadable: start at the oldest record
+
+    def _truncate_torn_tail(self, index: int) -> None:
+        size = self._sizes[index]
+        good = 0
+        with open(self._path(index), "rb") as f:
+            for _payload, end in _scan(f, 0, size):
+                good = end
+        if good < size:
+            # A partial record left by a crash mid-write: it was never fully
+            # accepted, count it and cut it so appends continue cleanly.
+            self.corrupt += 1
+            fd = os.open(self._path(index), os.O_WRONLY)
+            try:
+                os.ftruncate(fd, good)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._sizes[index] = good
+
+    def _count_from(self, pos: Position) -> int:
+        count = 0
+        for index in self._segments:
+            if index < pos.segment:
+                continue
+            start = pos.offset if index == pos.segment else 0
+            with open(self._path(index), "rb") as f:
+                for _ in _scan(f, start, self._sizes[index], headers_only=True):
+                    count += 1
+        return count
+
+    # -- writing -----------------------------------------------------------------------
+    def disk_bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def append(self, payloads) -> int:
+        """Append records in order; returns how many were stored.
+
+        A record that would push the spool past max_bytes is dropped and
+        counted. Later (smaller) records may still fit; they are stored
+        after the earlier ones, so order is kept among stored records.
+        """
+        stored = 0
+        chunk: list[bytes] = []
+        chunk_len = 0
+        used = self.disk_bytes()
+        seg = self._segments[-1] if self._segments else None
+        seg_size = self._sizes.get(seg, 0) if seg is not None else 0
+        for payload in payloads:
+            rec = frame(payload)
+            if used + len(rec) > self.max_bytes:
+                self.dropped_full += 1
+                continue
+            if seg is None or (seg_size + chunk_len > 0 and seg_size + chunk_len + len(rec) > self.segment_bytes):
+                if chunk:
+                    stored += self._write(chunk)
+                    chunk, chunk_len = [], 0
+                seg = self._new_segment()
+                seg_size = 0
+            chunk.append(rec)
+            chunk_len += len(rec)
+            used += len(rec)
+        if chunk:
+            stored += self._write(chunk)
+        self.backlog += stored
+        self._maybe_fsync()
+        return stored
+
+    def _write(self, records: list[bytes]) -> int:
+        """One write() for a run of records into the last segment."""
+        index = self._segments[-1]
+        data = b"".join(records)
+        if self._write_fd < 0:
+            self._write_fd = os.open(self._path(index), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            written = os.write(self._write_fd, data)
+        except OSError:
+            written = 0
+        if written != len(data):
+            # Disk full or I/O error: cut whatever partial record got out so
+            # the segment stays a clean sequence of whole records.
+            self.dropped_error += len(records)
+            try:
+                os.ftruncate(self._write_fd, self._sizes[index])
+            except OSError:
+                pass
+            return 0
+        self._sizes[index] += written
+        self._dirty = True
+        return len(records)
+
+    def _new_segment(self) -> int:
+        if self._write_fd >= 0:
+            # the finished segment goes to disk before the next one exists
+            if self._durable:
+                os.fsync(self._write_fd)
+            os.close(self._write_fd)
+            self._write_fd = -1
+            self._dirty = False
+        # indices only grow, across restarts too (the cursor names one)
+        index = max((self._segments[-1] + 1) if self._segments else 0, self._commit.segment)
+        self._write_fd = os.open(self._path(index), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        self._segments.append(index)
+        self._sizes[index] = 0
+        if self._durable:
+            os.fsync(self._dir_fd)
+        return index
+
+    @property
+    def durable(self) -> bool:
+        return self._durable
+
+    @durable.setter
+    def durable(self, value: bool) -> None:
+        if value and not self._durable:
+            self._durable = True
+            self.sync()  # what is already there goes to disk now
+        self._durable = value
+
+    def _maybe_fsync(self) -> None:
+        if self._durable and self._dirty and time.monotonic() - self._last_fsync >= self.fsync_interval:
+            self.sync()
+
+    def sync(self) -> None:
+        """Force appended data to disk."""
+        if self._dirty and self._write_fd >= 0:
+            os.fsync(self._write_fd)
+        self._dirty = False
+        self._last_fsync = time.monotonic()
+
+    # -- reading -------------------------------------------------------------------------
+    def read(self, max_records: int = 512, max_bytes: int = 256 * 1024) -> list[tuple[bytes, Position]]:
+        """The next records after the read position, each with the position after it.
+
+        Advances the read position; `rewind()` goes back to the last commit.
+        """
+        out: list[tuple[bytes, Position]] = []
+        taken = 0
+        pos = self._read
+        while len(out) < max_records and taken < max_bytes:
+            if pos.segment not in self._sizes:
+                nxt = [i for i in self._segments if i > pos.segment]
+                if not nxt:
+                    break
+                pos = Position(nxt[0], 0)
+                continue
+            size = self._sizes[pos.segment]
+            if pos.offset >= size:
+                if pos.segment == self._segments[-1]:
+                    break  # caught up with the writer
+                pos = Position(self._next_segment(pos.segment), 0)
+                continue
+            fd = self._reader_fd(pos.segment)
+            want = min(size - pos.offset, max(max_bytes - taken, HEADER_SIZE) + HEADER_SIZE)
+            buf = os.pread(fd, want, pos.offset)
+            parsed = 0
+            damaged = False
+            while parsed + HEADER_SIZE <= len(buf) and len(out) < max_records and taken < max_bytes:
+                magic, length, crc = HEADER.unpack_from(buf, parsed)
+                if magic != MAGIC or length > MAX_RECORD or pos.offset + parsed + HEADER_SIZE + length > size:
+                    damaged = True
+                    break
+                end = parsed + HEADER_SIZE + length
+                if end > len(buf):
+                    # record longer than what we read: fetch it whole
+                    if parsed == 0:
+                        buf = os.pread(fd, HEADER_SIZE + length, pos.offset)
+                        if len(buf) < HEADER_SIZE + length:
+                            damaged = True
+                        continue
+                    break
+                payload = bytes(buf[parsed + HEADER_SIZE : end])
+                if zlib.crc32(payload) != crc:
+                    damaged = True
+                    break
+                parsed = end
+                out.append((payload, Position(pos.segment, pos.offset + parsed)))
+                taken += len(payload)
+            if damaged:
+                # A damaged record in the middle of the spool (disk error,
+                # outside interference): its length cannot be trusted, so
+                # the rest of this segment is skipped and counted.
+                pos = Position(pos.segment, pos.offset + parsed)
+                if pos not in self._damaged:  # a rewind reads it again: count once
+                    self._damaged.add(pos)
+                    self.corrupt += 1
+                if pos.segment == self._segments[-1]:
+                    # cannot skip past the writer: cut the segment here
+                    self._truncate_at(pos)
+                    self.backlog = self._count_from(self._commit)
+                    break
+                pos = Position(self._next_segment(pos.segment), 0)
+                self.backlog = self._count_from(self._commit)
+                continue
+            pos = Position(pos.segment, pos.offset + parsed)
+        self._read = pos
+        return out
+
+    def _truncate_at(self, pos: Position) -> None:
+        if self._write_fd >= 0:
+            os.ftruncate(self._write_fd, pos.offset)
+        else:
+            fd = os.open(self._path(pos.segment), os.O_WRONLY)
+            try:
+                os.ftruncate(fd, pos.offset)
+            finally:
+                os.close(fd)
+        self._sizes[pos.segment] = pos.offset
+
+    def _next_segment(self, index: int) -> int:
+        for i in self._segments:
+            if i > index:
+                return i
+        return index + 1
+
+    def _reader_fd(self, index: int) -> int:
+        if self._read_fd_seg != index:
+            if self._read_fd >= 0:
+                os.close(self._read_fd)
+            self._read_fd = os.open(self._path(index), os.O_RDONLY)
+            self._read_fd_seg = index
+        return self._read_fd
+
+    def rewind(self) -> None:
+        """Back to the last committed position: resend everything not confirmed."""
+        self._read = self._commit
+
+    def unread(self) -> bool:
+        """True if there are records after the read position."""
+        pos = self._read
+        if pos.segment in self._sizes and pos.offset < self._sizes[pos.segment]:
+            return True
+        return any(i > pos.segment and self._sizes[i] > 0 for i in self._segments)
+
+    # -- committing ----------------------------------------------------------------------
+    def commit(self, pos: Position, records: int) -> None:
+        """Records up to `pos` are delivered: free their space, remember lazily."""
+        if pos <= self._commit:
+            return
+        self._commit = pos
+        self.backlog = max(0, self.backlog - records)
+        # delete segments the commit position has left behind; the segment
+        # being written stays (it is reused until full)
+        last = self._segments[-1] if self._segments else None
+        for index in list(self._segments):
+            finished = index < pos.segment or (pos.segment == index and pos.offset >= self._sizes[index])
+            if finished and index != last:
+                self._write_cursor(force=True)  # cursor first, then unlink: a crash between repeats nothing
+                self._delete_segment(index)
+        if last is not None and pos.segment == last and pos.offset >= self._sizes[last] >= self.segment_bytes:
+            # the writer's segment is full and fully delivered: start afresh
+            self._rotate_empty()
+        self._write_cursor()
+
+    def _rotate_empty(self) -> None:
+        old = self._segments[-1]
+        self._new_segment()
+        self._commit = self._read = Position(self._segments[-1], 0)
+        self._write_cursor(force=True)
+        self._delete_segment(old)
+
+    def _delete_segment(self, index: int) -> None:
+        if self._read_fd_seg == index:
+            os.close(self._read_fd)
+            self._read_fd, self._read_fd_seg = -1, -1
+        try:
+            os.unlink(self._path(index))
+        except FileNotFoundError:
+            pass
+        if index in self._sizes:
+            del self._sizes[index]
+        if index in self._segments:
+            self._segments.remove(index)
+
+    def _write_cursor(self, force: bool = False) -> None:
+        if self._commit == self._persisted:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_cursor_write < self.cursor_interval:
+            return
+        path = os.path.join(self.directory, CURSOR_NAME)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{self._commit.segment} {self._commit.offset}\n".encode())
+            if self._durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if self._durable and self._dir_fd >= 0:
+            os.fsync(self._dir_fd)
+        self._persisted = self._commit
+        self._last_cursor_write = now
+
+    def flush_cursor(self) -> None:
+        self._write_cursor(force=True)
+
+    # -- introspection ---------------------------------------------------------------------
+    @property
+    def commit_position(self) -> Position:
+        return self._commit
+
+    @property
+    def read_position(self) -> Position:
+        return self._read
+
+    def losses(self) -> int:
+        return self.dropped_full + self.dropped_error + self.corrupt
+
+    def _path(self, index: int) -> str:
+        return os.path.join(self.directory, segment_name(index))
+
+
+def _scan(f, start: int, size: int, headers_only: bool = False):
+    """Yield (payload or None, end offset) for each intact record from `start`."""
+    pos = start
+    f.seek(pos)
+    while pos + HEADER_SIZE <= size:
+        header = f.read(HEADER_SIZE)
+        if len(header) < HEADER_SIZE:
+            return
+        magic, length, crc = HEADER.unpack(header)
+        if magic != MAGIC or length > MAX_RECORD or pos + HEADER_SIZE + length > size:
+            return
+        if headers_only:
+            f.seek(length, os.SEEK_CUR)
+            payload = None
+        else:
+            payload = f.read(length)
+            if len(payload) < length or zlib.crc32(payload) != crc:
+                return
+        pos += HEADER_SIZE + length
+        yield payload, pos
+
+
+def _read_small(fd: int) -> str:
+    try:
+        return os.pread(fd, 64, 0).decode(errors="replace")
+    except OSError:
+        return ""

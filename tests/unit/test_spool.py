@@ -1,0 +1,266 @@
+"""The disk spool: order, bound, restart, torn and damaged records, locking."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from netagent.spool import HEADER_SIZE, Position, Spool, SpoolError, segment_name
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def payloads(n, start=0, size=40):
+    return [f"record-{i:06d}-".encode().ljust(size, b"x") for i in range(start, start + n)]
+
+
+def read_all(spool, commit=True):
+    out = []
+    while True:
+        batch = spool.read(max_records=100)
+        if not batch:
+            return out
+        out.extend(p for p, _ in batch)
+        if commit:
+            spool.commit(batch[-1][1], len(batch))
+
+
+def segments(directory):
+    return sorted(n for n in os.listdir(directory) if n.endswith(".seg"))
+
+
+@pytest.fixture
+def spool_dir(tmp_path):
+    return str(tmp_path / "spool")
+
+
+def test_fifo_order_across_segments(spool_dir):
+    sp = Spool(spool_dir, 1 << 20, segment_bytes=1024).open()
+    data = payloads(300)
+    assert sp.append(data[:100]) == 100
+    assert sp.append(data[100:]) == 200
+    assert len(segments(spool_dir)) > 5, "small segments must rotate"
+    assert sp.backlog == 300
+    assert read_all(sp) == data
+    assert sp.backlog == 0
+    # delivered segments are deleted; at most the writer's segment remains
+    assert len(segments(spool_dir)) <= 1
+    sp.close()
+
+
+def test_rewind_resends_everything_not_committed(spool_dir):
+    sp = Spool(spool_dir, 1 << 20).open()
+    data = payloads(10)
+    sp.append(data)
+    first = sp.read(max_records=4)
+    sp.commit(first[1][1], 2)  # only two confirmed
+    assert [p for p, _ in sp.read(max_records=100)] == data[4:]
+    sp.rewind()
+    assert [p for p, _ in sp.read(max_records=100)] == data[2:]
+    sp.close()
+
+
+def test_bound_drops_new_records_and_counts_them(spool_dir):
+    max_bytes = 8192
+    sp = Spool(spool_dir, max_bytes, segment_bytes=2048).open()
+    data = payloads(500)
+    stored = sp.append(data)
+    assert 0 < stored < 500
+    assert sp.dropped_full == 500 - stored
+    assert sp.losses() == 500 - stored
+    assert sp.disk_bytes() <= max_bytes
+    assert sum(os.path.getsize(os.path.join(spool_dir, n)) for n in segments(spool_dir)) <= max_bytes
+    # the oldest records are kept: they are the ones the SIEM has not seen
+    assert read_all(sp) == data[:stored]
+    # once delivered, space is free again
+    assert sp.append(payloads(5, start=1000)) == 5
+    sp.close()
+
+
+def test_restart_resumes_after_the_committed_position(spool_dir):
+    sp = Spool(spool_dir, 1 << 20, segment_bytes=1024, cursor_interval=0).open()
+    data = payloads(100)
+    sp.append(data)
+    batch = sp.read(max_records=30)
+    sp.commit(batch[-1][1], 30)
+    sp.read(max_records=30)  # read but not committed: must come back
+    sp.close()
+
+    again = Spool(spool_dir, 1 << 20, segment_bytes=1024).open()
+    assert again.recovered == 70
+    assert again.backlog == 70
+    again.append(payloads(5, start=100))
+    assert read_all(again) == data[30:] + payloads(5, start=100)
+    again.close()
+
+
+def test_cursor_is_written_lazily_but_on_close(spool_dir):
+    sp = Spool(spool_dir, 1 << 20, cursor_interval=3600).open()
+    sp.append(payloads(10))
+    batch = sp.read(max_records=3)
+    sp.commit(batch[0][1], 1)  # first commit writes (no cursor yet)
+    batch2 = sp.read(max_records=3)
+    sp.commit(batch2[-1][1], 5)  # within cursor_interval: memory only
+    with open(os.path.join(spool_dir, "cursor")) as f:
+        assert f.read().split() != [str(batch2[-1][1].segment), str(batch2[-1][1].offset)]
+    sp.close()
+    with open(os.path.join(spool_dir, "cursor")) as f:
+        assert f.read().split() == [str(batch2[-1][1].segment), str(batch2[-1][1].offset)]
+
+
+def test_torn_last_record_is_cut_and_counted(spool_dir):
+    sp = Spool(spool_dir, 1 << 20).open()
+    data = payloads(20)
+    sp.append(data)
+    sp.close()
+    seg = os.path.join(spool_dir, segments(spool_dir)[-1])
+    size = os.path.getsize(seg)
+    # a crash mid-write: the last record only half there
+    with open(seg, "r+b") as f:
+        f.truncate(size - 10)
+    again = Spool(spool_dir, 1 << 20).open()
+    assert again.corrupt == 1
+    assert again.recovered == 19
+    # appends continue cleanly after the cut
+    again.append([b"after-crash"])
+    assert read_all(again) == data[:19] + [b"after-crash"]
+    again.close()
+
+
+def test_torn_header_only(spool_dir):
+    sp = Spool(spool_dir, 1 << 20).open()
+    sp.append(payloads(3))
+    sp.close()
+    seg = os.path.join(spool_dir, segments(spool_dir)[-1])
+    with open(seg, "ab") as f:
+        f.write(b"\xa5Z\x10")  # 3 bytes of a header
+    again = Spool(spool_dir, 1 << 20).open()
+    assert again.corrupt == 1
+    assert read_all(again) == payloads(3)
+    again.close()
+
+
+def test_damaged_record_in_an_older_segment_is_skipped_not_fatal(spool_dir):
+    sp = Spool(spool_dir, 1 << 20, segment_bytes=600).open()
+    data = payloads(40)
+    sp.append(data)
+    names = segments(spool_dir)
+    assert len(names) >= 3
+    sp.close()
+    # flip a payload byte in the first segment's second record
+    first = os.path.join(spool_dir, names[0])
+    rec = HEADER_SIZE + len(data[0])
+    with open(first, "r+b") as f:
+        f.seek(rec + HEADER_SIZE + 3)
+        f.write(b"!")
+    per_segment = os.path.getsize(first) // rec
+    again = Spool(spool_dir, 1 << 20, segment_bytes=600).open()
+    got = read_all(again)
+    assert got[0] == data[0]
+    # the rest of the damaged segment is skipped; later segments are intact
+    assert got[1:] == data[per_segment:]
+    assert again.corrupt == 1
+    again.close()
+
+
+def test_kill_minus_9_mid_append_keeps_earlier_records(spool_dir, tmp_path):
+    """A real process killed with SIGKILL while appending in a loop."""
+    script = tmp_path / "writer.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from netagent.spool import Spool
+        sp = Spool({spool_dir!r}, 1 << 30, segment_bytes=1 << 16).open()
+        i = 0
+        while True:
+            sp.append([f"r{{j:08d}}".encode() * 20 for j in range(i, i + 50)])
+            i += 50
+            if i == 5000:
+                print("ready", flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    finally:
+        proc.kill()
+        proc.wait(10)
+    sp = Spool(spool_dir, 1 << 30, segment_bytes=1 << 16).open()
+    got = read_all(sp)
+    assert len(got) >= 5000
+    # a contiguous prefix of what was written, nothing garbled
+    assert got == [f"r{j:08d}".encode() * 20 for j in range(len(got))]
+    sp.close()
+
+
+def test_second_process_cannot_share_a_spool(spool_dir):
+    sp = Spool(spool_dir, 1 << 20).open()
+    code = (
+        "from netagent.spool import Spool, SpoolError\n"
+        f"try:\n    Spool({spool_dir!r}, 1 << 20).open()\nexcept SpoolError as e:\n    print(e.strerror)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30).stdout
+    assert "in use by another process" in out and str(os.getpid()) in out
+    sp.close()
+
+
+def test_unusable_directory_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SpoolError) as err:
+        Spool(str(blocker / "spool"), 1 << 20).open()
+    assert "spool directory" in err.value.strerror
+
+
+def test_segment_numbers_only_grow_across_restarts(spool_dir):
+    sp = Spool(spool_dir, 1 << 20, segment_bytes=512).open()
+    sp.append(payloads(50))
+    read_all(sp)
+    last = sp.commit_position.segment
+    sp.close()
+    again = Spool(spool_dir, 1 << 20, segment_bytes=512).open()
+    again.append([b"new"])
+    assert int(segments(spool_dir)[-1].split(".")[0]) >= last
+    assert read_all(again) == [b"new"]
+    again.close()
+
+
+def test_cursor_past_all_segments_resends_nothing(spool_dir):
+    sp = Spool(spool_dir, 1 << 20).open()
+    sp.append(payloads(3))
+    sp.close()
+    with open(os.path.join(spool_dir, "cursor"), "w") as f:
+        f.write("99 0\n")
+    again = Spool(spool_dir, 1 << 20).open()
+    assert again.recovered == 0
+    assert read_all(again) == []
+    again.append([b"x"])
+    assert segments(spool_dir) == [segment_name(99)]
+    assert read_all(again) == [b"x"]
+    again.close()
+
+
+def test_position_ordering():
+    assert Position(1, 500) < Position(2, 0)
+    assert Position(2, 10) > Position(2, 9)
+
+
+def test_fsync_only_in_durable_mode(spool_dir, monkeypatch):
+    import netagent.spool as spool_mod
+
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(spool_mod.os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    sp = Spool(spool_dir, 1 << 20, segment_bytes=1024, fsync_interval=0).open()
+    calls.clear()
+    sp.durable = False  # collector keeping up: records live seconds, the page cache is enough
+    sp.append(payloads(100))  # several segment rotations
+    batch = sp.read(max_records=50)
+    sp.commit(batch[-1][1], 50)
+    assert calls == []
+    sp.durable = True  # collector gone: what waits must survive a power cut
+    assert len(calls) == 1
+    before = len(calls)
+    sp.append(payloads(1, start=100))
+    assert len(calls) > before  # appended data is fsynced (plus a rotation's, if one happened)
+    sp.close()
