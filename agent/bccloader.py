@@ -25,9 +25,9 @@ def bcc_version() -> str | None:
     return getattr(bcc, "__version__", None) or "unknown"
 
 
-def program_source(stem: str) -> str:
-    """The text of probes/<stem>.bpf.c, shipped as package data."""
-    return importlib.resources.files("netagent.probes").joinpath(f"{stem}.bpf.c").read_text()
+def program_source(stem: str, suffix: str = ".bpf.c") -> str:
+    """The text of probes/<stem>.bpf.c (or another suffix), shipped as package data."""
+    return importlib.resources.files("netagent.probes").joinpath(f"{stem}{suffix}").read_text()
 
 
 def compile_program(stem: str, macros: dict[str, int | str], prelude: str = ""):
@@ -43,7 +43,7 @@ def compile_program(stem: str, macros: dict[str, int | str], prelude: str = ""):
         raise ProbeUnavailable(f"kernel headers for BCC: {headers.describe()}")
     cflags = [f"-D{name}={value}" for name, value in macros.items()]
     cflags.append("-Wno-macro-redefined")
-    text = prelude + "\n" + program_source(stem)
+    text = program_source("common", suffix=".bpf.h") + "\n" + prelude + "\n" + program_source(stem)
     with _captured_stderr() as captured:
         try:
             return bcc.BPF(text=text, cflags=cflags)

@@ -10,6 +10,7 @@ import click
 
 from netagent.events import Sequencer
 from netagent.jsonline import dumps_line
+from netagent.timefmt import parse_duration
 
 
 def output_option(func):
@@ -20,6 +21,20 @@ def output_option(func):
         default=None,
         help="table (default on a terminal) or json (one JSON object per line).",
     )(func)
+
+
+class DurationParam(click.ParamType):
+    """A command-line duration: "500ms", "1s", "2m" or a bare number of seconds."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def resolve_output(value: str | None) -> str:

@@ -99,27 +99,6 @@ BPF_PERCPU_ARRAY(lost, u64, 2);
 #define HIT_ALLOC_RETURN 7
 BPF_PERCPU_ARRAY(hits, u64, 8);
 
-static __always_inline u64 read_u64(const void *base, long off)
-{
-    u64 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
-    return v;
-}
-
-static __always_inline u32 read_u32(const void *base, long off)
-{
-    u32 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
-    return v;
-}
-
-static __always_inline u16 read_u16(const void *base, long off)
-{
-    u16 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
-    return v;
-}
-
 static __always_inline u16 swap16(u16 v)
 {
     return (v >> 8) | ((v & 0xFF) << 8);

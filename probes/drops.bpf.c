@@ -63,43 +63,22 @@ BPF_PERCPU_ARRAY(overflow, struct flow_val, 1);
 // Reasons selected by --reason (FILTER_REASONS=1): 1 = keep.
 BPF_ARRAY(reason_filter, u8, MAX_REASONS);
 
-static __always_inline u64 read_ptr(const void *base, int off)
-{
-    u64 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
-    return v;
-}
-
-static __always_inline u32 read_u32(const void *base, int off)
-{
-    u32 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
-    return v;
-}
-
-static __always_inline u16 read_u16(const void *base, int off)
-{
-    u16 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
-    return v;
-}
-
 static __always_inline u32 netns_of(const void *skb, const void *dev)
 {
     const void *net = 0;
     if (dev) {
-        net = (const void *)read_ptr(dev, OFF_DEV_NET);
+        net = (const void *)read_u64(dev, OFF_DEV_NET);
     } else {
-        const void *sk = (const void *)read_ptr(skb, OFF_SKB_SK);
+        const void *sk = (const void *)read_u64(skb, OFF_SKB_SK);
         if (sk)
-            net = (const void *)read_ptr(sk, OFF_SK_NET);
+            net = (const void *)read_u64(sk, OFF_SK_NET);
     }
     return net ? read_u32(net, OFF_NET_INUM) : 0;
 }
 
 static __always_inline void parse_headers(const void *skb, struct flow_key *key)
 {
-    const unsigned char *head = (const unsigned char *)read_ptr(skb, OFF_SKB_HEAD);
+    const unsigned char *head = (const unsigned char *)read_u64(skb, OFF_SKB_HEAD);
     u16 nh = read_u16(skb, OFF_SKB_NETWORK_HEADER);
     u16 th = read_u16(skb, OFF_SKB_TRANSPORT_HEADER);
     u16 proto_be = read_u16(skb, OFF_SKB_PROTOCOL);
@@ -181,7 +160,7 @@ static __always_inline int record_drop(const void *skb, u64 location, u32 reason
             return 0;
     }
 #endif
-    const void *dev = (const void *)read_ptr(skb, OFF_SKB_DEV);
+    const void *dev = (const void *)read_u64(skb, OFF_SKB_DEV);
     key.netns = netns_of(skb, dev);
 #if FILTER_NETNS
     if (key.netns != FILTER_NETNS)

@@ -8,20 +8,8 @@ usage or target; 69 target unreachable; 77 not root / no CAP_NET_RAW.
 import click
 
 from netagent.errors import EXIT_FINDINGS, ProbeUnavailable
-from netagent.output import JsonLineEmitter, output_option, resolve_output
-from netagent.timefmt import parse_duration
+from netagent.output import DurationParam, JsonLineEmitter, output_option, resolve_output
 
-
-class DurationParam(click.ParamType):
-    name = "duration"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 @click.command()

@@ -7,10 +7,9 @@ from collections import Counter
 import click
 
 from netagent.errors import ProbeUnavailable
-from netagent.output import JsonLineEmitter, note, output_option, resolve_output
+from netagent.output import DurationParam, JsonLineEmitter, note, output_option, resolve_output
 from netagent.privileges import require_caps
 from netagent.signals import StopSignals
-from netagent.timefmt import parse_duration
 
 # (key, header, width): fixed widths keep a streamed table aligned across intervals
 TABLE_COLUMNS = [
@@ -20,17 +19,6 @@ TABLE_COLUMNS = [
 ]
 SUMMED = ("insert_failed", "drop", "early_drop", "clash_resolve", "chaintoolong", "invalid", "search_restart")
 
-
-class DurationType(click.ParamType):
-    name = "duration"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 class RatioType(click.ParamType):
@@ -119,9 +107,9 @@ class Totals:
 @click.option("--netns", "netns_specs", multiple=True, metavar="NS",
               help="Namespace to watch: a name under /run/netns, a path, pid:N, or `all` (every namespace "
                    "where conntrack is in use). Repeatable. Default: the agent's own (host) namespace.")
-@click.option("--interval", type=DurationType(), default="1s", show_default=True,
+@click.option("--interval", type=DurationParam(), default="1s", show_default=True,
               help="Time between counter readings, e.g. 500ms, 1s, 10s.")
-@click.option("--duration", type=DurationType(), default=None,
+@click.option("--duration", type=DurationParam(), default=None,
               help="Stop after this long (default: until Ctrl-C / SIGTERM).")
 @click.option("--threshold", type=RatioType(), default="90%", show_default=True,
               help="Alert (table-full) when entries / nf_conntrack_max reaches this.")
