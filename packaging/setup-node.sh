@@ -61,7 +61,12 @@ fi
 release=$(uname -r)
 moddir=/lib/modules/$release
 if [[ -e $moddir/build/include/generated ]]; then
-  say "kernel headers: $(readlink -f "$moddir/build")"
+  target=$(readlink -f "$moddir/build")
+  if [[ $target == *"$release"* ]]; then
+    say "kernel headers: exact ($target)"
+  else
+    say "kernel headers: NO exact package for $release; using nearest $(basename "$target") (struct offsets come from BTF)"
+  fi
 elif [[ $(id -u) -eq 0 ]]; then
   nearest=$(packaging/nearest-headers.sh "$release" || true)
   if [[ -n $nearest ]]; then
