@@ -61,6 +61,18 @@ class JsonLineEmitter:
         self.stream.flush()
 
 
+def host_port(ip: str, port) -> str:
+    """'10.0.0.1:53' or '[fd00::1]:53': IPv6 addresses are bracketed before a port."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def endpoint(obj: dict | None, missing: str = "-") -> str:
+    """An ECS source/destination object as 'ip:port' (or just 'ip' without a port)."""
+    if not obj or not obj.get("ip"):
+        return missing
+    return host_port(obj["ip"], obj["port"]) if "port" in obj else obj["ip"]
+
+
 def render_table(rows: list[dict], columns: list[tuple[str, str]], max_width: int | None = None) -> str:
     """Plain aligned table; `columns` is [(key, header)]. Long cells are cut with '…'."""
     if max_width is None:

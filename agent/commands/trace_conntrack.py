@@ -7,7 +7,7 @@ from collections import Counter
 import click
 
 from netagent.errors import ProbeUnavailable
-from netagent.output import DurationParam, JsonLineEmitter, note, output_option, resolve_output
+from netagent.output import DurationParam, JsonLineEmitter, endpoint, note, output_option, resolve_output
 from netagent.privileges import require_caps
 from netagent.signals import StopSignals
 
@@ -41,14 +41,6 @@ class RatioType(click.ParamType):
         return number
 
 
-def _endpoint(obj: dict | None) -> str:
-    if not obj or not obj.get("ip"):
-        return "?"
-    ip = obj["ip"]
-    if "port" not in obj:
-        return ip
-    return f"[{ip}]:{obj['port']}" if ":" in ip else f"{ip}:{obj['port']}"
-
 
 def table_row(event: dict) -> dict:
     ct = event["netagent"]["conntrack"]
@@ -68,8 +60,8 @@ def table_row(event: dict) -> dict:
     if "count" in ct:  # a per-flow event
         transport = event.get("network", {}).get("transport", "")
         ports = f" ({ct['source_ports']} src ports)" if ct.get("source_ports", 0) > 1 else ""
-        row["detail"] = (f"{ct['count']} pkts {transport} {_endpoint(event.get('source'))} -> "
-                         f"{_endpoint(event.get('destination'))}{ports} [{ct.get('attribution')}]")
+        row["detail"] = (f"{ct['count']} pkts {transport} {endpoint(event.get('source'), missing='?')} -> "
+                         f"{endpoint(event.get('destination'), missing='?')}{ports} [{ct.get('attribution')}]")
     elif event["event"]["action"] != "counters":
         row["detail"] = event.get("message", "")
     return row

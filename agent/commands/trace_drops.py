@@ -6,7 +6,7 @@ from collections import Counter
 
 import click
 
-from netagent.output import JsonLineEmitter, note, output_option, render_table, resolve_output
+from netagent.output import JsonLineEmitter, endpoint, note, output_option, render_table, resolve_output
 from netagent.signals import StopSignals
 
 TABLE_COLUMNS = [
@@ -15,14 +15,6 @@ TABLE_COLUMNS = [
 ]
 
 
-def _endpoint(obj: dict | None) -> str:
-    if not obj or not obj.get("ip"):
-        return "-"
-    ip = obj["ip"]
-    if "port" not in obj:
-        return ip
-    return f"[{ip}]:{obj['port']}" if ":" in ip else f"{ip}:{obj['port']}"
-
 
 def table_row(event: dict) -> dict:
     drop = event["netagent"]["drop"]
@@ -30,8 +22,8 @@ def table_row(event: dict) -> dict:
         "count": drop["count"],
         "reason": event["event"]["reason"],
         "transport": event.get("network", {}).get("transport") or event.get("network", {}).get("type"),
-        "src": _endpoint(event.get("source")),
-        "dst": _endpoint(event.get("destination")),
+        "src": endpoint(event.get("source")),
+        "dst": endpoint(event.get("destination")),
         "interface": drop.get("interface") or (drop["ifindex"] or "-"),
         "netns": drop.get("netns_name") or drop["netns"],
         "location": drop["location"],

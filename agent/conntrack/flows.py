@@ -10,6 +10,8 @@ kept only when there was exactly one (the UDP insert race: one socket).
 
 from dataclasses import dataclass, field
 
+from netagent.output import host_port
+
 
 @dataclass
 class MergedFlow:
@@ -54,10 +56,10 @@ class MergedFlow:
         transport = self.network.get("transport") or self.network.get("type") or "?"
         src = self.source_ip or "?"
         if len(self.source_ports) == 1:
-            src = f"{src}:{next(iter(self.source_ports))}" if ":" not in src else f"[{src}]:{next(iter(self.source_ports))}"
+            src = host_port(src, next(iter(self.source_ports)))
         dst = self.destination_ip or "?"
         if self.destination_port is not None:
-            dst = f"{dst}:{self.destination_port}" if ":" not in dst else f"[{dst}]:{self.destination_port}"
+            dst = host_port(dst, self.destination_port)
         ports = f" from {len(self.source_ports)} source ports" if len(self.source_ports) > 1 else ""
         return f"{transport} {src} -> {dst}{ports}"
 

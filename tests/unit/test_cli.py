@@ -64,3 +64,13 @@ def test_bad_netns_is_a_usage_error(capsys):
     code, _, err = run_main(["trace", "drops", "--netns", "no-such-ns-xyz", "--duration", "1"], capsys)
     assert code in (2, 77)  # 77 when run without privileges: checked first
     assert len(err.strip().splitlines()) == 1
+
+
+def test_endpoints_bracket_ipv6_before_a_port():
+    from netagent.output import endpoint, host_port
+
+    assert host_port("10.0.0.1", 53) == "10.0.0.1:53"
+    assert host_port("fd00::1", 53) == "[fd00::1]:53"
+    assert endpoint({"ip": "fd00::1"}) == "fd00::1"
+    assert endpoint({"ip": "10.0.0.1", "port": 9}) == "10.0.0.1:9"
+    assert endpoint(None) == "-" and endpoint({}, missing="?") == "?"
