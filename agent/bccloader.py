@@ -44,7 +44,7 @@ def compile_program(stem: str, macros: dict[str, int | str], prelude: str = ""):
     cflags = [f"-D{name}={value}" for name, value in macros.items()]
     cflags.append("-Wno-macro-redefined")
     text = program_source("common", suffix=".bpf.h") + "\n" + prelude + "\n" + program_source(stem)
-    with _captured_stderr() as captured:
+    with captured_stderr() as captured:
         try:
             return bcc.BPF(text=text, cflags=cflags)
         except Exception as exc:
@@ -52,7 +52,7 @@ def compile_program(stem: str, macros: dict[str, int | str], prelude: str = ""):
             raise ProbeUnavailable(f"compiling {stem}.bpf.c failed: {first.strip()}") from None
 
 
-class _captured_stderr:
+class captured_stderr:
     """Capture fd 2 (clang writes there from C++) while BCC compiles."""
 
     def __enter__(self):

@@ -4,10 +4,11 @@ Each fact is gathered by a small function so `netagent doctor` and the
 sensors' own support checks agree on one answer.
 """
 
+import gzip
 import os
 import platform
 
-from netagent.bccloader import _captured_stderr, bcc_version, import_bcc
+from netagent.bccloader import captured_stderr, bcc_version, import_bcc
 from netagent.btf import VMLINUX_BTF
 from netagent.errors import BccMissing
 from netagent.kheaders import headers_status
@@ -17,10 +18,31 @@ from netagent.tracefs import find_tracefs
 FENTRY_TEST_FUNCTION = "tcp_v4_rcv"  # exists on every kernel with IPv4
 
 
-def kprobes_available() -> tuple[bool, str]:
+def kprobes_unavailable_reason() -> str | None:
+    """Why kprobes cannot be attached here, or None when they can."""
     if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
-        return True, "kprobe PMU present"
-    return False, "no kprobe PMU (/sys/bus/event_source/devices/kprobe): kernel built without CONFIG_KPROBES"
+        return None
+    tracefs = find_tracefs()
+    if tracefs and os.path.exists(os.path.join(tracefs, "kprobe_events")):
+        return None
+    if _kernel_config_says("# CONFIG_KPROBES is not set"):
+        return "kprobes unavailable (CONFIG_KPROBES off)"
+    return "kprobes unavailable (no kprobe PMU and no kprobe_events in tracefs)"
+
+
+def _kernel_config_says(line: str) -> bool:
+    for path, opener in (("/proc/config.gz", gzip.open), (f"/boot/config-{platform.release()}", open)):
+        try:
+            with opener(path, "rt") as f:
+                return any(ln.strip() == line for ln in f)
+        except OSError:
+            continue
+    return False
+
+
+def kprobes_available() -> tuple[bool, str]:
+    why = kprobes_unavailable_reason()
+    return (True, "kprobe PMU or tracefs kprobe_events present") if why is None else (False, why)
 
 
 def fentry_available() -> tuple[bool, str]:
@@ -33,7 +55,7 @@ def fentry_available() -> tuple[bool, str]:
         return False, "BCC missing"
     if not bcc.BPF.support_kfunc():
         return False, "BCC/kernel report no fentry support"
-    with _captured_stderr() as err:
+    with captured_stderr() as err:
         try:
             b = bcc.BPF(text=f"KFUNC_PROBE({FENTRY_TEST_FUNCTION}) {{ return 0; }}")
         except Exception as exc:

@@ -13,10 +13,8 @@ Two layers:
 """
 
 import ctypes
-import gzip
 import ipaddress
 import os
-import platform
 import time
 
 from netagent import netns as netns_mod
@@ -37,10 +35,10 @@ from netagent.conntrack.stats import StatFormatError
 from netagent.errors import InsufficientPrivilege, ProbeUnavailable, UsageError
 from netagent.events import new_event
 from netagent.kallsyms import Symbolizer
+from netagent.nodefacts import kprobes_unavailable_reason
 from netagent.privileges import effective_capabilities, require_bpf
 from netagent.sensor import Sensor, SensorStatus
 from netagent.timefmt import MonotonicToWall, iso_timestamp
-from netagent.tracefs import find_tracefs
 
 STAT_PATH = "/proc/net/stat/nf_conntrack"
 COUNTERS_PATH = "counters /proc/net/stat/nf_conntrack"
@@ -114,28 +112,6 @@ def from_config(cfg: dict) -> "ConntrackSensor":
 
 
 # --- kernel facts ------------------------------------------------------------------
-
-def kprobes_unavailable_reason() -> str | None:
-    """Why kprobes cannot be attached here, or None when they can."""
-    if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
-        return None
-    tracefs = find_tracefs()
-    if tracefs and os.path.exists(os.path.join(tracefs, "kprobe_events")):
-        return None
-    if _kernel_config_says("# CONFIG_KPROBES is not set"):
-        return "kprobes unavailable (CONFIG_KPROBES off)"
-    return "kprobes unavailable (no kprobe PMU and no kprobe_events in tracefs)"
-
-
-def _kernel_config_says(line: str) -> bool:
-    for path, opener in (("/proc/config.gz", gzip.open), (f"/boot/config-{platform.release()}", open)):
-        try:
-            with opener(path, "rt") as f:
-                return any(ln.strip() == line for ln in f)
-        except OSError:
-            continue
-    return False
-
 
 def function_params(btf, name: str) -> list[str] | None:
     """Parameter names of kernel function `name` from its BTF prototype, or

@@ -10,7 +10,6 @@ buffers, which loses and double-counts nothing (see drops.bpf.c).
 
 import ctypes
 import ipaddress
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from netagent.btf import BtfError, kernel_btf
 from netagent.errors import ProbeUnavailable, UsageError
 from netagent.events import new_event
 from netagent.kallsyms import Symbolizer
+from netagent.nodefacts import kprobes_unavailable_reason
 from netagent.privileges import require_bpf
 from netagent.sensor import Sensor, SensorStatus
 from netagent.timefmt import MonotonicToWall, iso_timestamp
@@ -160,7 +160,7 @@ def kprobe_target(symbolizer: Symbolizer) -> tuple[str, int] | None:
 
 
 def kprobes_available() -> bool:
-    return os.path.isdir("/sys/bus/event_source/devices/kprobe")
+    return kprobes_unavailable_reason() is None
 
 
 # --- rendering -------------------------------------------------------------------
