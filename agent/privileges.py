@@ -36,13 +36,23 @@ def missing_for_bpf() -> list[str]:
     return [c for c in ("CAP_BPF", "CAP_PERFMON") if c not in caps]
 
 
+def running_as() -> str:
+    """Who this process is, as a refusal names it: "root" or "uid N"."""
+    euid = os.geteuid()
+    return "root" if euid == 0 else f"uid {euid}"
+
+
+def refuse(missing: list[str], action: str) -> InsufficientPrivilege:
+    """The one wording of every privilege refusal: what is missing, for what, and who we are
+    (root without them happens in containers and under systemd's CapabilityBoundingSet)."""
+    return InsufficientPrivilege(
+        f"need root or {' + '.join(missing)} to {action} (running as {running_as()} without them)")
+
+
 def require_bpf(action: str = "attach BPF programs") -> None:
     missing = missing_for_bpf()
     if missing:
-        who = "root" if os.geteuid() != 0 else f"uid {os.geteuid()}"
-        raise InsufficientPrivilege(
-            f"need root or {' + '.join(missing)} to {action} (running as {who} without them)"
-        )
+        raise refuse(missing, action)
 
 
 def require_caps(names: list[str], action: str) -> None:
@@ -51,4 +61,4 @@ def require_caps(names: list[str], action: str) -> None:
         return
     missing = [n for n in names if n not in caps]
     if missing:
-        raise InsufficientPrivilege(f"need root or {' + '.join(missing)} to {action}")
+        raise refuse(missing, action)
