@@ -17,7 +17,11 @@ the fields each producer documents:
   netagent.dns      netagent.dns.timeouts, dns.question.name, netagent.dns.netns (the namespace's name)
   netagent.mtu      netagent.mtu.{path_mtu, interface, netns (name)}, destination.ip (probe results)
 
-Events from the window (default 60 s) are kept; older ones are forgotten.
+Events from the window (default 60 s) are kept; older ones are forgotten
+as each new one arrives, so memory is bounded by the window whatever
+sensors run (with the host sensor off, no node-counters event ever comes
+to prune them). A burst inside one window is bounded too: past
+`max_records` per kind the oldest go, counted in status() as evicted.
 Findings come out through a FindingTracker: raised once, cleared when gone.
 The processor is called from the single dispatcher thread, but a lock
 keeps it safe if a caller shares it.
@@ -106,10 +110,16 @@ def mtu_record(event: dict) -> dict:
 class Correlator:
     """(event) -> [event, *finding events]. See the module docstring for what it reads."""
 
+    # Per kind of record. The drop sensor aggregates per poll (one record per reason,
+    # interface and port per second), so a real window holds far fewer than this.
+    MAX_RECORDS = 50_000
+
     def __init__(self, rules: RuleConfig | None = None, window: float = 60.0, clear_after: int = 3,
-                 clock=time.monotonic):
+                 clock=time.monotonic, max_records: int = MAX_RECORDS):
         self.rules = rules or RuleConfig()
         self.window = window
+        self.max_records = max_records
+        self.records_evicted = 0  # records forgotten inside the window because of max_records
         self.tracker = FindingTracker(clear_after)
         self.clock = clock
         self._lock = threading.Lock()
@@ -183,7 +193,17 @@ class Correlator:
                 self._names.setdefault(record["netns"], value)
 
     def _remember(self, kind: str, now: float, record: dict) -> None:
-        self._recent[kind].append((now, record))
+        queue = self._recent[kind]
+        queue.append((now, record))
+        self._forget_before(queue, now - self.window)
+        while len(queue) > self.max_records:
+            queue.popleft()
+            self.records_evicted += 1
+
+    @staticmethod
+    def _forget_before(queue: collections.deque, horizon: float) -> None:
+        while queue and queue[0][0] < horizon:
+            queue.popleft()
 
     def _inventory_event(self, event: dict, action: str | None) -> None:
         ov = _get(event, "netagent", "overlay", default={})
@@ -203,8 +223,7 @@ class Correlator:
         # the sample's own interval, plus slack for events queued behind it
         interval = (node.get("interval_s") or self.window) * 1.5
         for queue in self._recent.values():
-            while queue and queue[0][0] < horizon:
-                queue.popleft()
+            self._forget_before(queue, horizon)
         # namespaces not reported for a whole window are gone (or no longer watched)
         for inode in [i for i, seen in self._netns_seen.items() if seen < horizon]:
             self._netns.pop(inode, None)
@@ -232,4 +251,5 @@ class Correlator:
 
     def status(self) -> dict:
         return {"evaluations": self.evaluations, "active": len(self.tracker.active), "raised": self.tracker.raised,
-                "cleared": self.tracker.cleared, "rule_errors": self.rule_errors, "last_errors": self.errors}
+                "cleared": self.tracker.cleared, "rule_errors": self.rule_errors, "last_errors": self.errors,
+                "records": sum(len(q) for q in self._recent.values()), "records_evicted": self.records_evicted}
