@@ -12,13 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from netagent.findings import reasons
 from netagent.findings.model import Finding
-
-# Drop reasons (kernel names, from the running kernel's enum) that mean
-# "too big for the path": evidence for the overlay MTU rule.
-MTU_DROP_REASONS = ("PKT_TOO_BIG", "FRAG_REASM_TIMEOUT", "FRAG_TOO_FAR", "DUP_FRAG", "IP_FRAG", "FRAG")
-RCVBUF_DROP_REASONS = ("SOCKET_RCVBUFF", "SOCKET_BACKLOG", "PROTO_MEM")
-CPU_DROP_REASONS = ("CPU_BACKLOG", "FULL_RING", "QDISC_DROP", "SOFTNET")
+from netagent.findings.reasons import ReasonFamily
 
 
 @dataclass
@@ -91,12 +87,13 @@ class Context:
     def ns_ref(self, inode: int) -> dict:
         return {"name": self.ns_name(inode), "inode": inode}
 
-    def drops_in(self, inode: int | None = None, reasons: tuple = (), interfaces: tuple = ()) -> list[dict]:
+    def drops_in(self, inode: int | None = None, family: ReasonFamily | None = None,
+                 interfaces: tuple = ()) -> list[dict]:
         out = []
         for d in self.drops:
             if inode is not None and d.get("netns") != inode:
                 continue
-            if reasons and not any(r in (d.get("reason") or "") for r in reasons):
+            if family is not None and d.get("reason") not in family:
                 continue
             if interfaces and d.get("interface") not in interfaces:
                 continue
@@ -176,7 +173,7 @@ def overlay_mtu(ctx: Context, cfg: RuleConfig) -> list[Finding]:
             too_big = counters.get("icmp6_out_pkt_too_bigs") if family == "ipv6" else None
             if too_big:
                 evidence["icmp6_packet_too_big_sent"] = too_big
-            drops = ctx.drops_in(inode, MTU_DROP_REASONS)
+            drops = ctx.drops_in(inode, reasons.MTU)
             if drops:
                 evidence["mtu_drops"] = _sum_drops(drops)
                 evidence["mtu_drop_reasons"] = _by_reason(drops)
@@ -210,13 +207,23 @@ def overlay_mtu(ctx: Context, cfg: RuleConfig) -> list[Finding]:
 
 
 def _drop_totals(ctx: Context) -> tuple[int, dict]:
-    """All drops seen in the window and where they came from."""
+    """Drops in the window that CPU starvation can explain, and where they came from.
+
+    Of the drop sensor's drops only reasons in reasons.CPU_STARVATION count
+    (a NO_SOCKET drop happens however fast the CPU is); the others are shown
+    as evidence but never blamed on the CPU.
+    """
     sources: dict = {}
-    drops = ctx.drops if ctx.interval_drops is None else ctx.interval_drops
+    window_drops = ctx.drops if ctx.interval_drops is None else ctx.interval_drops
+    drops = [d for d in window_drops if d.get("reason") in reasons.CPU_STARVATION]
+    other = [d for d in window_drops if d.get("reason") not in reasons.CPU_STARVATION]
     sensor = _sum_drops(drops)
     if sensor:
         sources["kernel_drops"] = sensor
         sources["kernel_drop_reasons"] = _by_reason(drops)
+    if other:
+        sources["kernel_drops_not_cpu"] = _sum_drops(other)
+        sources["kernel_drop_reasons_not_cpu"] = _by_reason(other)
     nic_total = 0
     worst: list[tuple[int, str]] = []
     for inode, body in ctx.netns.items():
@@ -370,7 +377,7 @@ def udp_rcvbuf(ctx: Context, cfg: RuleConfig) -> list[Finding]:
     for inode, body in ctx.netns.items():
         snmp = body.get("snmp") or {}
         errors = (snmp.get("udp_rcvbuf_errors") or 0) + (snmp.get("udp6_rcvbuf_errors") or 0)
-        drops = ctx.drops_in(inode, RCVBUF_DROP_REASONS)
+        drops = ctx.drops_in(inode, reasons.RCVBUF)
         if not errors and not drops:
             continue
         ns = ctx.ns_ref(inode)

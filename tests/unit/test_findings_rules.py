@@ -67,7 +67,7 @@ def test_drops_while_steal_fires_once_and_clears():
     # steal without drops: nothing to explain
     assert [e for e in c(host_event(node_body(300))) if e["event"]["dataset"] == "netagent.finding"] == []
     clock.now += 10
-    ev = drop_event(42)
+    ev = drop_event(42, reason="CPU_BACKLOG")
     assert c(ev) == [ev]  # passed through unchanged, nothing triggered yet
     out = c(host_event(node_body(230)))
     findings = [e for e in out if e["event"]["dataset"] == "netagent.finding"]
@@ -80,7 +80,7 @@ def test_drops_while_steal_fires_once_and_clears():
     assert "stole 23% CPU" in body["cause"]
     # same cause next sample (more drops): no repeat
     clock.now += 10
-    c(drop_event(5))
+    c(drop_event(5, reason="CPU_BACKLOG"))
     assert not [e for e in c(host_event(node_body(250))) if e["event"]["dataset"] == "netagent.finding"]
     # steal gone: cleared after clear_after=2 quiet evaluations
     clock.now += 10
@@ -94,10 +94,10 @@ def test_drops_while_steal_fires_once_and_clears():
 def test_steal_below_threshold_is_quiet_and_threshold_is_configurable():
     clock = Clock()
     c = Correlator(clock=clock)
-    c(drop_event(10))
+    c(drop_event(10, reason="QDISC_DROP"))
     assert not [e for e in c(host_event(node_body(80))) if e["event"]["dataset"] == "netagent.finding"]
     c2 = Correlator(RuleConfig(steal_pct=5.0), clock=clock)
-    c2(drop_event(10))
+    c2(drop_event(10, reason="QDISC_DROP"))
     out = [e for e in c2(host_event(node_body(80))) if e["event"]["dataset"] == "netagent.finding"]
     assert out and out[0]["netagent"]["finding"]["evidence"]["threshold_pct"] == 5.0
 
@@ -105,9 +105,39 @@ def test_steal_below_threshold_is_quiet_and_threshold_is_configurable():
 def test_old_drops_do_not_count_for_steal():
     clock = Clock()
     c = Correlator(window=60, clock=clock)
-    c(drop_event(10))
+    c(drop_event(10, reason="CPU_BACKLOG"))
     clock.now += 45  # still in the 60 s window, but not in this 10 s sample
     assert not [e for e in c(host_event(node_body(300))) if e["event"]["dataset"] == "netagent.finding"]
+
+
+def _findings(events: list[dict]) -> list[dict]:
+    return [e["netagent"]["finding"] for e in events if e["event"]["dataset"] == "netagent.finding"]
+
+
+def test_no_socket_drops_during_steal_are_not_blamed_on_the_cpu():
+    clock = Clock()
+    c = Correlator(window=60, clock=clock)
+    c(drop_event(500, reason="NO_SOCKET"))
+    c(drop_event(3, reason="NETFILTER_DROP"))
+    assert _findings(c(host_event(node_body(300)))) == []  # 30% steal, yet nothing starvation can explain
+    # the same steal with one backlog drop: blamed, and only that drop is counted
+    clock.now += 61  # the first drops have left the window
+    c(drop_event(500, reason="NO_SOCKET"))
+    c(drop_event(1, reason="CPU_BACKLOG"))
+    (steal,) = _findings(c(host_event(node_body(300))))
+    assert steal["rule"] == "drops-cpu-steal"
+    assert steal["cause"].startswith("1 packets dropped")
+    assert steal["evidence"]["kernel_drop_reasons"] == {"CPU_BACKLOG": 1}
+    assert steal["evidence"]["kernel_drops_not_cpu"] == 500
+
+
+def test_no_socket_drops_with_time_squeeze_are_not_blamed_on_softnet():
+    squeezed = node_body(0, softnet_b="00000200 00000000 00000001 0 0 0 0 0 0 0 0 0 00000000\n")
+    ctx = Context(node=squeezed, drops=[{"count": 500, "reason": "NO_SOCKET"}], window_s=10)
+    assert evaluate(ctx) == []
+    ctx.drops.append({"count": 7, "reason": "SOCKET_RCVBUFF"})
+    found = [f for f in evaluate(ctx) if f.rule == "drops-softnet"]
+    assert len(found) == 1 and found[0].cause.startswith("7 packets dropped")
 
 
 def test_softnet_backlog_drops():
