@@ -11,15 +11,17 @@ from netagent import btf as B
 class BtfBuilder:
     """Encodes a small BTF blob the way the kernel lays it out (uapi/linux/btf.h)."""
 
-    def __init__(self):
-        self.strings = b"\0"
+    def __init__(self, base=None):
+        # a split blob (a module's) continues its base's type ids and string offsets
+        self.strings = b"" if base else b"\0"
+        self.first_str = len(base.strings) if base else 0
         self.types = b""
-        self.count = 0
+        self.count = base.count if base else 0
 
     def s(self, name):
         if not name:
             return 0
-        off = len(self.strings)
+        off = self.first_str + len(self.strings)
         self.strings += name.encode() + b"\0"
         return off
 
@@ -89,6 +91,56 @@ def test_missing_names_raise(synthetic):
     with pytest.raises(B.BtfError):
         btf.member_offset("nosuchstruct", "a")
     assert not btf.has_member("outer", "z")
+
+
+def test_module_split_btf_continues_the_base_ids_and_strings(tmp_path):
+    """A module's BTF (/sys/kernel/btf/<module>) refers to vmlinux's types by
+    id and to vmlinux's strings by offset; its own start after vmlinux's."""
+    base = BtfBuilder()
+    u32 = base.int_("unsigned int", 4)
+    ptr = base.add("", B.PTR, 0, 0)
+    base.struct_("sk_buff", 16, [("len", u32, 0), ("head", ptr, 64)])
+    skb_ptr = base.add("", B.PTR, 0, 3)
+    base.add("tcp_v4_rcv", B.FUNC, 0, base.add("", B.FUNC_PROTO, 1, u32, struct.pack("<II", base.s("skb"), skb_ptr)))
+    (tmp_path / "vmlinux").write_bytes(base.blob())
+
+    mod = BtfBuilder(base)
+    # member names reuse a vmlinux string ("len") and add new ones
+    tup = mod.struct_("nf_conntrack_tuple", 40, [("pad", u32, 0), ("len", u32, 32), ("dst", u32, 288)])
+    conn = mod.struct_("nf_conn", 128, [("status", u32, 0), ("tuple", tup, 256)])
+    proto = mod.add("", B.FUNC_PROTO, 2, u32, struct.pack("<II", mod.s("skb"), skb_ptr)
+                    + struct.pack("<II", mod.s("net"), ptr))
+    mod.add("__nf_conntrack_confirm", B.FUNC, 0, proto)
+    (tmp_path / "nf_conntrack").write_bytes(mod.blob())
+    assert conn > base.count  # the module's ids come after vmlinux's
+
+    kb = B.KernelBtf(B.Btf.load(str(tmp_path / "vmlinux")), btf_dir=str(tmp_path))
+    assert kb.module_names() == ["nf_conntrack"]
+    assert kb.member_offset("sk_buff", "head") == 8  # vmlinux
+    assert kb.member_offset("nf_conn", "tuple.dst") == 32 + 36  # module struct inside module struct
+    assert kb.member_offset("nf_conn", "tuple.len") == 32 + 4
+    assert kb.member_size("nf_conn", "status") == 4  # a module member of a vmlinux type
+    assert kb.struct_size("nf_conntrack_tuple") == 40
+    assert kb.function_params("__nf_conntrack_confirm") == ["skb", "net"]
+    assert kb.function_params("tcp_v4_rcv") == ["skb"]
+    assert kb.where("nf_conn", (B.STRUCT,)) == "nf_conntrack" and kb.where("sk_buff", (B.STRUCT,)) == "vmlinux"
+    split = kb.module("nf_conntrack")
+    assert split.describe(split.members(split.struct_id("nf_conn"))[1].type_id) == "struct nf_conntrack_tuple"
+    assert kb.function_params("nowhere") is None
+    with pytest.raises(B.BtfError, match="vmlinux or module BTF"):
+        kb.member_offset("nf_conn_help", "x")
+
+
+def test_a_module_loaded_later_is_found_on_the_next_lookup(tmp_path):
+    base = BtfBuilder()
+    u32 = base.int_("unsigned int", 4)
+    (tmp_path / "vmlinux").write_bytes(base.blob())
+    kb = B.KernelBtf(B.Btf.load(str(tmp_path / "vmlinux")), btf_dir=str(tmp_path))
+    assert not kb.has_member("nf_conn", "status")
+    mod = BtfBuilder(base)
+    mod.struct_("nf_conn", 8, [("status", u32, 32)])
+    (tmp_path / "nf_conntrack").write_bytes(mod.blob())
+    assert kb.member_offset("nf_conn", "status") == 4
 
 
 def test_bad_magic_is_rejected():
