@@ -17,6 +17,7 @@ from netagent import netns as netns_mod
 from netagent.bccloader import compile_program
 from netagent.bpfinfo import prog_recursion_misses
 from netagent.btf import BtfError, kernel_btf
+from netagent.configschema import one_of
 from netagent.errors import ProbeUnavailable, UsageError
 from netagent.events import new_event
 from netagent.kallsyms import Symbolizer
@@ -29,6 +30,11 @@ from netagent.tracefs import TracepointFormat, ensure_tracefs, tracepoint_format
 TRACEPOINT = ("skb", "kfree_skb")
 ATTACH_TRACEPOINT = "tracepoint skb:kfree_skb"
 ATTACH_RAW_TRACEPOINT = "raw_tracepoint skb:kfree_skb"
+# --attach / [sensors.drops] attach: "auto" takes the first this kernel offers, in this order.
+ATTACH_MODES = ("auto", "raw_tracepoint", "tracepoint", "kprobe")
+# Kernel functions a drop passes through, newest first: 6.11+ sk_skb_reason_drop(sk, skb, reason),
+# 5.17-6.10 kfree_skb_reason(skb, reason).
+KPROBE_FUNCTIONS = ("sk_skb_reason_drop", "kfree_skb_reason")
 MAX_FLOWS = 10240
 MAX_REASONS = 1024
 PROTO_CLASSES = {"tcp": 1, "udp": 2, "icmp": 3, "other": 4}
@@ -64,6 +70,7 @@ CONFIG_SCHEMA = {
     "host": ("str", ""),
     "port": ("int", 0),
     "max_flows": ("int", MAX_FLOWS),
+    "attach": ("str", "auto", one_of(*ATTACH_MODES)),
 }
 
 
@@ -80,7 +87,8 @@ class DropFilters:
 def from_config(cfg: dict) -> "DropSensor":
     filters = DropFilters(cfg.get("netns", ""), list(cfg.get("reasons", [])), cfg.get("iface", ""),
                           cfg.get("proto", ""), cfg.get("host", ""), int(cfg.get("port", 0)))
-    return DropSensor(filters, interval=cfg.get("interval", 1.0), max_flows=cfg.get("max_flows", MAX_FLOWS))
+    return DropSensor(filters, interval=cfg.get("interval", 1.0), max_flows=cfg.get("max_flows", MAX_FLOWS),
+                      attach=cfg.get("attach", "auto"))
 
 
 # --- kernel facts ------------------------------------------------------------------
@@ -151,11 +159,18 @@ def header_offsets_prelude() -> str:
 
 
 def kprobe_target(symbolizer: Symbolizer) -> tuple[str, int] | None:
-    """(function, skb argument position) for the kprobe variant, if the kernel has one."""
-    if symbolizer.has("sk_skb_reason_drop"):
-        return "sk_skb_reason_drop", 2
-    if symbolizer.has("kfree_skb_reason"):
-        return "kfree_skb_reason", 1
+    """(function, 1-based skb argument position) for the kprobe variant, if the
+    kernel has one. The position is the BTF prototype's where BTF describes the
+    function; the program reads the reason right after the skb."""
+    for function, default_skb_arg in zip(KPROBE_FUNCTIONS, (2, 1)):
+        if symbolizer.has(function):
+            try:
+                params = kernel_btf().function_params(function)
+            except BtfError:
+                params = None
+            if params and "skb" in params:
+                return function, params.index("skb") + 1
+            return function, default_skb_arg
     return None
 
 
@@ -234,7 +249,10 @@ class DropSensor(Sensor):
     dataset = "netagent.drops"
 
     def __init__(self, filters: DropFilters | None = None, interval: float = 1.0, max_flows: int = MAX_FLOWS,
-                 announce=None):
+                 announce=None, attach: str = "auto"):
+        if attach not in ATTACH_MODES:
+            raise UsageError(f"attach {attach!r}: choose from {', '.join(ATTACH_MODES)}")
+        self.attach_mode = attach
         self.filters = filters or DropFilters()
         self.interval = interval
         self.max_flows = max_flows
@@ -262,11 +280,16 @@ class DropSensor(Sensor):
             ensure_tracefs()
             fmt = tracepoint_format(*TRACEPOINT)
         except ProbeUnavailable as exc:
-            if kprobes_available() and kprobe_target(self._symbolizer):
-                fn, _ = kprobe_target(self._symbolizer)
-                return SensorStatus(self.name, True, f"kprobe {fn}", f"tracepoint unusable: {exc}")
-            return SensorStatus(self.name, False, None, str(exc))
-        details = {}
+            fmt, tracepoint_error = None, str(exc)
+        else:
+            tracepoint_error = None
+        details = {"attach": self.attach_mode, "attach_paths": self.attach_paths(fmt)}
+        try:
+            path = self._plan_attach(fmt)[0]
+        except ProbeUnavailable as exc:
+            return SensorStatus(self.name, False, None, str(exc), details)
+        if fmt is None:
+            return SensorStatus(self.name, True, path, f"tracepoint unusable: {tracepoint_error}", details)
         if not fmt.has_field("reason"):
             details["caveat"] = "tracepoint has no reason field (kernel < 5.17): reasons reported as UNKNOWN"
         try:
@@ -274,8 +297,52 @@ class DropSensor(Sensor):
             details["offsets"] = "BTF"
         except BtfError:
             details["offsets"] = "kernel headers (no BTF)"
-        path = ATTACH_RAW_TRACEPOINT if raw_tracepoint_positions() else ATTACH_TRACEPOINT
         return SensorStatus(self.name, True, path, None, details)
+
+    def _plan_attach(self, fmt: TracepointFormat | None, mode: str | None = None) -> tuple[str, bytes, str | None]:
+        """(attach path, program, kprobe function or None) for `mode` (default:
+        the configured one); ProbeUnavailable in one line when this kernel lacks it."""
+        mode = mode or self.attach_mode
+        no_tracepoint = "no skb:kfree_skb tracepoint in tracefs"
+        if mode == "auto":
+            for candidate in ATTACH_MODES[1:]:
+                try:
+                    return self._plan_attach(fmt, candidate)
+                except ProbeUnavailable:
+                    continue
+            raise ProbeUnavailable(f"drop sensor: {no_tracepoint} and {self._kprobe_problem()}")
+        if mode == "raw_tracepoint":
+            if fmt is None or not self._raw_positions:
+                why = no_tracepoint if fmt is None else "no BTF description of the tracepoint (btf_trace_kfree_skb)"
+                raise ProbeUnavailable(f"attach path raw_tracepoint is not available on this kernel: {why}")
+            return ATTACH_RAW_TRACEPOINT, b"on_kfree_skb_raw", None
+        if mode == "tracepoint":
+            if fmt is None:
+                raise ProbeUnavailable(f"attach path tracepoint is not available on this kernel: {no_tracepoint}")
+            return ATTACH_TRACEPOINT, b"on_kfree_skb", None
+        problem = self._kprobe_problem()
+        if problem:
+            raise ProbeUnavailable(f"attach path kprobe is not available on this kernel: {problem}")
+        function = kprobe_target(self._symbolizer)[0]
+        return f"kprobe {function}", b"kprobe_drop", function
+
+    def _kprobe_problem(self) -> str | None:
+        why = kprobes_unavailable_reason()
+        if why:
+            return why
+        if kprobe_target(self._symbolizer) is None:
+            return f"none of {', '.join(KPROBE_FUNCTIONS)} is in /proc/kallsyms"
+        return None
+
+    def attach_paths(self, fmt: TracepointFormat | None) -> dict[str, str]:
+        """Each attach path by hand: the path it takes here, or why this kernel lacks it."""
+        out = {}
+        for mode in ATTACH_MODES[1:]:
+            try:
+                out[mode] = self._plan_attach(fmt, mode)[0]
+            except ProbeUnavailable as exc:
+                out[mode] = f"unavailable: {str(exc).split(': ', 1)[-1]}"
+        return out
 
     def attach(self) -> str:
         require_bpf("attach the drop sensor")
@@ -287,6 +354,9 @@ class DropSensor(Sensor):
         self._reasons, self.reason_source = reason_names(fmt)
         self._has_reason = fmt is not None and fmt.has_field("reason")
         wanted_reasons = self._reason_values()  # usage errors before any kernel work
+        path, program, function = self._plan_attach(fmt)  # a path this kernel lacks: before compiling
+        if function is not None:
+            self._has_reason = True  # the kprobe reads the reason argument itself
         bpf = self.compile(fmt)
         try:
             self._buffers = (bpf[b"flows_a"], bpf[b"flows_b"])
@@ -297,18 +367,13 @@ class DropSensor(Sensor):
                 for value in wanted_reasons:
                     if value < MAX_REASONS:
                         table[ctypes.c_int(value)] = ctypes.c_uint8(1)
-            if fmt is not None and self._raw_positions:
-                bpf.attach_raw_tracepoint(tp=TRACEPOINT[1].encode(), fn_name=b"on_kfree_skb_raw")
-                self.attach_path, self._program = ATTACH_RAW_TRACEPOINT, b"on_kfree_skb_raw"
-            elif fmt is not None:
-                bpf.attach_tracepoint(tp=":".join(TRACEPOINT).encode(), fn_name=b"on_kfree_skb")
-                self.attach_path, self._program = ATTACH_TRACEPOINT, b"on_kfree_skb"
+            if program == b"on_kfree_skb_raw":
+                bpf.attach_raw_tracepoint(tp=TRACEPOINT[1].encode(), fn_name=program)
+            elif program == b"on_kfree_skb":
+                bpf.attach_tracepoint(tp=":".join(TRACEPOINT).encode(), fn_name=program)
             else:
-                target = kprobe_target(self._symbolizer)
-                if not (kprobes_available() and target):
-                    raise ProbeUnavailable("no skb:kfree_skb tracepoint and no kprobes on this kernel")
-                bpf.attach_kprobe(event=target[0].encode(), fn_name=b"kprobe_drop")
-                self.attach_path, self._program = f"kprobe {target[0]}", b"kprobe_drop"
+                bpf.attach_kprobe(event=function.encode(), fn_name=program)
+            self.attach_path, self._program = path, program
         except BaseException:
             bpf.cleanup()  # undo partial setup
             raise

@@ -7,6 +7,7 @@ from collections import Counter
 import click
 
 from netagent.output import JsonLineEmitter, endpoint, note, output_option, render_table, resolve_output
+from netagent.probes.drops import ATTACH_MODES  # no BCC import: that happens at attach
 from netagent.signals import StopSignals
 
 TABLE_COLUMNS = [
@@ -63,25 +64,34 @@ class DropSummary:
 @click.option("--duration", type=click.FloatRange(0, None, min_open=True), default=None,
               help="Stop after this many seconds (default: until Ctrl-C / SIGTERM).")
 @click.option("--top", type=click.IntRange(1, 1000), default=20, show_default=True, help="Rows in the table view.")
+@click.option("--attach", "attach_mode", type=click.Choice(ATTACH_MODES), default="auto", show_default=True,
+              help="Attach path: auto takes the first this kernel offers (raw_tracepoint, tracepoint, kprobe); "
+                   "a path this kernel lacks exits 69.")
 @output_option
-def drops(netns, reasons, iface, proto, host, port, interval, duration, top, output):
+def drops(netns, reasons, iface, proto, host, port, interval, duration, top, attach_mode, output):
     """Every packet the kernel drops, with the kernel's reason, per flow."""
     from netagent.probes.drops import DropFilters, DropSensor
 
     fmt = resolve_output(output)
+    held_notes: list[str] = []  # notes from attaching (e.g. tracefs mounted) follow the "attached to" line
     sensor = DropSensor(
         DropFilters(netns=netns, reasons=list(reasons), iface=iface, proto=proto or "", host=host, port=port or 0),
         interval=interval,
-        announce=note,
+        announce=held_notes.append,
+        attach=attach_mode,
     )
     summary = DropSummary()
     emitter = JsonLineEmitter()
     with StopSignals() as signals:
         path = sensor.attach()
+        sensor.announce = note
         started = time.monotonic()  # --duration counts from attach: the time spent watching
         try:
+            # the first line on stderr says which attach path was taken
             note(f"netagent: attached to {path} (reasons from {sensor.reason_source}, "
                  f"offsets from {sensor.offset_source}); interval {interval:g}s")
+            for text in held_notes:
+                note(text)
             deadline = started + duration if duration else None
             while not signals.stop.is_set():
                 wait = interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic()))
