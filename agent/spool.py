@@ -24,6 +24,13 @@ Why it is shaped like this:
   record does not fit, it is dropped and counted (place "spool"): old
   records are never overwritten, since the oldest are the ones a SIEM has
   not seen yet.
+- A disk error (ENOSPC, EIO, EROFS) never escapes from append() or
+  commit(): a record that cannot be written is dropped and counted by
+  its cause (`error_causes`, e.g. {"ENOSPC": 12}), a cursor that cannot
+  be written is retried at the next commit (a crash meanwhile resends,
+  never loses), and a delivered segment is deleted even then, which is
+  what gives the space back. Appends resume by themselves once the disk
+  takes writes again.
 - fsync policy: a process crash (kill -9) loses nothing write() returned
   for: the page cache keeps it. Against power loss, data is fsynced every
   `fsync_interval` seconds, on segment rotation and on close, but only
@@ -106,6 +113,9 @@ class Spool:
         # counters (read by other threads for status; plain ints are fine)
         self.dropped_full = 0  # appends refused: spool at max_bytes
         self.dropped_error = 0  # appends failed: disk error (ENOSPC, EIO)
+        self.error_causes: dict[str, int] = {}  # dropped_error by errno name
+        self.disk_errors = 0  # failed disk operations of any kind (write, fsync, cursor, unlink)
+        self.last_disk_error: str | None = None
         self.corrupt = 0  # torn or damaged records found and skipped
         self.recovered = 0  # records found waiting when the spool was opened
         self.backlog = 0  # records appended and not yet committed
@@ -268,8 +278,16 @@ class Spool:
                 if chunk:
                     stored += self._write(chunk)
                     chunk, chunk_len = [], 0
-                seg = self._new_segment()
-                seg_size = 0
+                try:
+                    seg = self._new_segment()
+                except OSError as exc:
+                    # no new segment (disk full, read-only): this record is lost,
+                    # later ones try again (space may come back within the batch)
+                    self._lost_to(exc, 1)
+                    seg = None
+                    used = self.disk_bytes()
+                    continue
+                seg_size = self._sizes[seg]
             chunk.append(rec)
             chunk_len += len(rec)
             used += len(rec)
@@ -283,41 +301,69 @@ class Spool:
         """One write() for a run of records into the last segment."""
         index = self._segments[-1]
         data = b"".join(records)
-        if self._write_fd < 0:
-            self._write_fd = os.open(self._path(index), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
+            if self._write_fd < 0:
+                self._write_fd = os.open(self._path(index), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             written = os.write(self._write_fd, data)
-        except OSError:
-            written = 0
-        if written != len(data):
+            failure = None if written == len(data) else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            failure = exc
+        if failure is not None:
             # Disk full or I/O error: cut whatever partial record got out so
             # the segment stays a clean sequence of whole records.
-            self.dropped_error += len(records)
-            try:
-                os.ftruncate(self._write_fd, self._sizes[index])
-            except OSError:
-                pass
+            self._lost_to(failure, len(records))
+            if self._write_fd >= 0:
+                try:
+                    os.ftruncate(self._write_fd, self._sizes[index])
+                except OSError:
+                    pass
             return 0
         self._sizes[index] += written
         self._dirty = True
         return len(records)
 
     def _new_segment(self) -> int:
+        """Start the next segment; OSError if it cannot be created (nothing changed then)."""
         if self._write_fd >= 0:
             # the finished segment goes to disk before the next one exists
             if self._durable:
-                os.fsync(self._write_fd)
+                self._guarded(os.fsync, self._write_fd)
             os.close(self._write_fd)
             self._write_fd = -1
             self._dirty = False
         # indices only grow, across restarts too (the cursor names one)
         index = max((self._segments[-1] + 1) if self._segments else 0, self._commit.segment)
-        self._write_fd = os.open(self._path(index), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        path = self._path(index)
+        try:
+            self._write_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            # left by a create whose directory fsync failed: empty it and use it
+            self._write_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_TRUNC, 0o600)
         self._segments.append(index)
         self._sizes[index] = 0
         if self._durable:
-            os.fsync(self._dir_fd)
+            self._guarded(os.fsync, self._dir_fd)
         return index
+
+    def _guarded(self, fn, *args) -> bool:
+        """A disk operation whose failure loses no record (fsync, unlink): noted, not raised."""
+        try:
+            fn(*args)
+            return True
+        except OSError as exc:
+            self._note_disk_error(exc)
+            return False
+
+    def _note_disk_error(self, exc: OSError) -> str:
+        cause = errno.errorcode.get(exc.errno or 0, "EIO") if exc.errno else type(exc).__name__
+        self.disk_errors += 1
+        self.last_disk_error = f"{cause}: {exc.strerror or exc}"
+        return cause
+
+    def _lost_to(self, exc: OSError, records: int) -> None:
+        cause = self._note_disk_error(exc)
+        self.dropped_error += records
+        self.error_causes[cause] = self.error_causes.get(cause, 0) + records
 
     @property
     def durable(self) -> bool:
@@ -337,7 +383,7 @@ class Spool:
     def sync(self) -> None:
         """Force appended data to disk."""
         if self._dirty and self._write_fd >= 0:
-            os.fsync(self._write_fd)
+            self._guarded(os.fsync, self._write_fd)
         self._dirty = False
         self._last_fsync = time.monotonic()
 
@@ -467,7 +513,11 @@ class Spool:
 
     def _rotate_empty(self) -> None:
         old = self._segments[-1]
-        self._new_segment()
+        try:
+            self._new_segment()
+        except OSError as exc:
+            self._note_disk_error(exc)  # keep appending to the old one; rotate next time
+            return
         self._commit = self._read = Position(self._segments[-1], 0)
         self._write_cursor(force=True)
         self._delete_segment(old)
@@ -480,6 +530,8 @@ class Spool:
             os.unlink(self._path(index))
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            self._note_disk_error(exc)  # a read-only disk: forgotten here, resent after a restart at worst
         if index in self._sizes:
             del self._sizes[index]
         if index in self._segments:
@@ -493,16 +545,30 @@ class Spool:
             return
         path = os.path.join(self.directory, CURSOR_NAME)
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, f"{self._commit.segment} {self._commit.offset}\n".encode())
-            if self._durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                text = f"{self._commit.segment} {self._commit.offset}\n".encode()
+                if os.write(fd, text) != len(text):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                if self._durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            # The old cursor stays: a crash now resends from it (never loses).
+            # Deleting delivered segments goes on regardless: that is how a
+            # full disk gets its space back. Tried again at the next commit.
+            self._note_disk_error(exc)
+            self._last_cursor_write = now
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return
         if self._durable and self._dir_fd >= 0:
-            os.fsync(self._dir_fd)
+            self._guarded(os.fsync, self._dir_fd)
         self._persisted = self._commit
         self._last_cursor_write = now
 
@@ -520,6 +586,12 @@ class Spool:
 
     def losses(self) -> int:
         return self.dropped_full + self.dropped_error + self.corrupt
+
+    def loss_causes(self) -> dict[str, int]:
+        """losses() by cause: "full" (at max_bytes), "corrupt" (damaged records
+        skipped), and the errno name of each disk error ("ENOSPC", "EIO", ...)."""
+        causes = {"full": self.dropped_full, "corrupt": self.corrupt, **self.error_causes}
+        return {cause: n for cause, n in causes.items() if n}
 
     def _path(self, index: int) -> str:
         return os.path.join(self.directory, segment_name(index))

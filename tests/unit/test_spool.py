@@ -264,3 +264,67 @@ def test_fsync_only_in_durable_mode(spool_dir, monkeypatch):
     sp.append(payloads(1, start=100))
     assert len(calls) > before  # appended data is fsynced (plus a rotation's, if one happened)
     sp.close()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs: a disk that really fills up (ENOSPC), mounted for this test only."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(path, chunk=4096):
+    """Write zeros to `path` until the filesystem refuses: nothing is left."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * chunk)
+        except OSError:
+            pass
+        chunk = 1
+        try:
+            while True:
+                f.write(b"\0")
+        except OSError:
+            pass
+
+
+def test_full_disk_drops_and_counts_by_cause_and_resumes_by_itself(small_tmpfs):
+    sp = Spool(str(small_tmpfs / "spool"), 10 << 20, segment_bytes=8192).open()
+    data = payloads(4000, size=60)
+    stored_payloads = []
+    offered = 0
+    for i in range(0, len(data), 100):
+        batch = data[i:i + 100]
+        offered += len(batch)
+        before = sp.dropped_error
+        n = sp.append(batch)
+        assert n + (sp.dropped_error - before) == len(batch), "every record stored or counted"
+        stored_payloads.extend(batch[:n])
+    assert sp.error_causes.get("ENOSPC", 0) > 0, sp.error_causes
+    assert sp.loss_causes() == {"ENOSPC": sp.dropped_error}
+    assert len(stored_payloads) + sp.dropped_error == offered
+    # the rest of the disk goes too: even the cursor cannot be written now
+    fill(small_tmpfs / "filler")
+    errors_before = sp.disk_errors
+    got = read_all(sp)  # commits delete delivered segments; must not raise
+    assert got == stored_payloads, "what was stored comes back, in order"
+    assert sp.disk_errors > errors_before, "the cursor write failed (ENOSPC) and was noted, not raised"
+    # the delivered segments are gone even though the cursor could not be written
+    assert len(segments(str(small_tmpfs / "spool"))) <= 1
+    os.unlink(small_tmpfs / "filler")  # space comes back
+    more = payloads(50, start=9000)
+    assert sp.append(more) == 50, "appends resume by themselves once the disk takes writes"
+    assert read_all(sp) == more
+    sp.close()
+    # the cursor written at close is valid: a restart resends nothing
+    sp2 = Spool(str(small_tmpfs / "spool"), 10 << 20, segment_bytes=8192).open()
+    assert sp2.backlog == 0 and read_all(sp2) == []
+    sp2.close()
