@@ -157,8 +157,8 @@ def test_a_namespace_named_by_pid(ct_pair):
 
 @pytest.mark.timeout(60)
 def test_not_root_exits_77():
-    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                          NETAGENT, "trace", "conntrack", "--duration", "1"],
-                         capture_output=True, text=True, timeout=60)
+    from unprivileged import run_as_nobody
+
+    out = run_as_nobody([NETAGENT, "trace", "conntrack", "--duration", "1"])
     assert out.returncode == 77, out.stderr
     assert out.stderr.count("\n") == 1 and "CAP_SYS_ADMIN" in out.stderr and out.stdout == ""

@@ -155,9 +155,9 @@ def test_not_root_exits_77_with_one_line():
     import subprocess
 
     from agent_proc import NETAGENT
+    from unprivileged import run_as_nobody
 
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                        NETAGENT, "trace", "drops", "--duration", "1"], capture_output=True, text=True, timeout=30)
+    r = run_as_nobody([NETAGENT, "trace", "drops", "--duration", "1"])
     assert r.returncode == 77, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert "CAP_BPF" in r.stderr

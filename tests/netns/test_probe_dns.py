@@ -186,30 +186,23 @@ def test_bad_input_from_the_real_binary_exits_2(lab, netagent_bin):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not an IP address" in r.stderr
 
 
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
-# uid 0 without a single capability: for checkouts `nobody` cannot read
-CAPLESS = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
-
-
-def unprivileged(netagent_bin) -> list[str]:
-    """A setpriv prefix that runs netagent without privileges: as nobody when
-    nobody can read the installation, else as root with every capability dropped."""
-    r = subprocess.run([*NOBODY, netagent_bin, "--version"], capture_output=True, text=True, timeout=60)
-    return NOBODY if r.returncode == 0 else CAPLESS
-
-
 def test_not_root_with_netns_exits_77(lab, netagent_bin):
-    r = subprocess.run([*unprivileged(netagent_bin), netagent_bin, "probe", "dns", "--netns", lab.client.name,
-                        "www.lab.test.", "--server", SERVER_IP], capture_output=True, text=True, timeout=60)
+    from unprivileged import run_as_nobody
+
+    r = run_as_nobody([netagent_bin, "probe", "dns", "--netns", lab.client.name, "www.lab.test.",
+                       "--server", SERVER_IP])
     assert r.returncode == 77, r.stderr
     assert r.stderr.count("\n") == 1 and "CAP_SYS_ADMIN" in r.stderr
 
 
 def test_not_root_without_netns_needs_no_privilege(lab, netagent_bin):
     """Plain UDP queries need no capability: run unprivileged from inside the client namespace."""
-    r = subprocess.run(["ip", "netns", "exec", lab.client.name, *unprivileged(netagent_bin), netagent_bin,
-                        "probe", "dns", "www.lab.test.", "--server", SERVER_IP, "--count", "1", "-o", "json"],
-                       capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": "/"})
+    from unprivileged import nobody_prefix
+
+    with nobody_prefix() as nobody:
+        r = subprocess.run(["ip", "netns", "exec", lab.client.name, *nobody, netagent_bin,
+                            "probe", "dns", "www.lab.test.", "--server", SERVER_IP, "--count", "1", "-o", "json"],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": "/"})
     assert r.returncode == 0, r.stderr
     events = by_question(json_events(r.stdout))
     assert sorted(events[("www.lab.test", "A")]["dns"]["resolved_ip"]) == ["10.1.1.1", "10.1.1.2"]

@@ -266,8 +266,9 @@ def test_loopback_by_name(netns_factory, netagent_bin):
 
 
 def test_not_root_exits_77(netagent_bin):
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                           netagent_bin, "probe", "mtu", "127.0.0.1"], capture_output=True, text=True, timeout=30)
+    from unprivileged import run_as_nobody
+
+    proc = run_as_nobody([netagent_bin, "probe", "mtu", "127.0.0.1"])
     assert proc.returncode == 77, proc.stderr
     assert proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "CAP_NET_RAW" in proc.stderr
