@@ -1,0 +1,1 @@
+"""Enrichment: names for what the sensors report as numbers (see stage.py)."""

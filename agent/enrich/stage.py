@@ -1,0 +1,98 @@
+"""The enrichment stage: one chain of processors between the sensors and the sinks.
+
+Both the CLI commands and the daemon build it with `Enricher.from_config`
+and pass every event through it before anything shows or ships the event.
+A processor that raises leaves the event as it was, counted by cause.
+"""
+
+from netagent.configschema import positive
+from netagent.enrich.pods import DEFAULT_GRACE, DEFAULT_REFRESH, CriSource, PodIndex
+from netagent.enrich.processors import (
+    Failures, InterfaceNamer, NetnsDirectory, NetnsNamer, NodeNamer, PeerAttributor, PodAttributor, node_name,
+)
+
+CONFIG_SECTION = "kubernetes"
+CONFIG_SCHEMA = {
+    # pod attribution from the container runtime (CRI); off: events keep only their netns inode
+    "enabled": ("bool", True),
+    # "" = auto-detect containerd's, then CRI-O's socket
+    "runtime_socket": ("str", ""),
+    # how often the runtime is asked for the node's pods (a miss on a new namespace asks sooner)
+    "refresh": ("duration", DEFAULT_REFRESH, positive),
+    # how long a pod is still named after it was last listed (deleted pods' last events)
+    "grace": ("duration", DEFAULT_GRACE),
+    # kubernetes.node.name; "" = $NODE_NAME, else the hostname
+    "node_name": ("str", ""),
+}
+DEFAULTS = {key: spec[1] for key, spec in CONFIG_SCHEMA.items()}
+
+
+class Enricher:
+    def __init__(self, pods: PodIndex | None, node: str | None = None):
+        self.pods = pods
+        self.failures = Failures()
+        self.directory = NetnsDirectory(pods)
+        self.node = node
+        chain = [NetnsNamer(self.directory), InterfaceNamer(self.directory, self.failures)]
+        if pods is not None:
+            chain += [PodAttributor(pods, self.directory, self.failures, node), PeerAttributor(pods)]
+            if node:
+                chain.append(NodeNamer(node))
+        self.processors = chain
+        self.enriched = 0
+
+    @classmethod
+    def from_config(cls, cfg: dict | None = None, log=None) -> "Enricher":
+        cfg = {**DEFAULTS, **(cfg or {})}
+        if not cfg["enabled"]:
+            return cls(None)
+        source = CriSource(cfg["runtime_socket"])
+        pods = PodIndex(source, refresh_interval=cfg["refresh"], grace=cfg["grace"], log=log)
+        return cls(pods, node_name(cfg["node_name"]))
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> str:
+        """Start the pod refresher; returns one line saying what attribution does here."""
+        if self.pods is None:
+            return "pod attribution: off ([kubernetes] enabled = false)"
+        self.pods.start()
+        return self.attribution_line()
+
+    def stop(self) -> None:
+        if self.pods is not None:
+            self.pods.stop()
+
+    def attribution_line(self) -> str:
+        pods = self.pods
+        if pods is None:
+            return "pod attribution: off ([kubernetes] enabled = false)"
+        if pods.healthy:
+            return f"pod attribution: {pods.source.describe()}, {len(pods.by_name)} pods on node {self.node}"
+        return (f"pod attribution: unavailable for now ({pods.last_error}); events keep their netns inode, "
+                f"retrying every {pods.refresh_interval:g}s")
+
+    # -- the chain ---------------------------------------------------------------------
+    def __call__(self, event: dict) -> dict:
+        for processor in self.processors:
+            try:
+                event = processor(event)
+            except Exception:  # a bug in one processor must not cost the event
+                self.failures.count(f"error:{type(processor).__name__}")
+        self.enriched += 1
+        return event
+
+    def enrich_all(self, events: list[dict]) -> list[dict]:
+        return [self(e) for e in events]
+
+    def pipeline_processor(self):
+        """For netagent.pipeline.Pipeline, whose processors return lists."""
+        def enrich(event: dict) -> list[dict]:
+            return [self(event)]
+        return enrich
+
+    def status(self) -> dict:
+        out = {"enriched": self.enriched, "enrich_failed": dict(self.failures.by_cause)}
+        if self.pods is not None:
+            out["pods"] = self.pods.status()
+            out["node"] = self.node
+        return out
