@@ -7,15 +7,18 @@ sensors' own support checks agree on one answer.
 import gzip
 import os
 import platform
+import subprocess
+import sys
 
-from netagent.bccloader import captured_stderr, bcc_version, import_bcc
-from netagent.btf import VMLINUX_BTF
+from netagent.bccloader import bcc_version, import_bcc
+from netagent.btf import VMLINUX_BTF, module_btf_names
 from netagent.errors import BccMissing
 from netagent.kheaders import headers_status
 from netagent.privileges import effective_capabilities
 from netagent.tracefs import find_tracefs
 
 FENTRY_TEST_FUNCTION = "tcp_v4_rcv"  # exists on every kernel with IPv4
+FENTRY_PROBE_TIMEOUT = 300  # a BCC compile under TCG emulation takes tens of seconds
 
 
 def kprobes_unavailable_reason() -> str | None:
@@ -45,24 +48,51 @@ def kprobes_available() -> tuple[bool, str]:
     return (True, "kprobe PMU or tracefs kprobe_events present") if why is None else (False, why)
 
 
+_FENTRY_PROBE = """
+import sys
+from bcc import BPF
+if not BPF.support_kfunc():
+    sys.exit(3)
+BPF(text="KFUNC_PROBE(%s) { return 0; }").cleanup()
+"""
+
+
 def fentry_available() -> tuple[bool, str]:
-    """Load and attach a do-nothing fentry program, then remove it."""
+    """Load and attach a do-nothing fentry program, then remove it.
+
+    In a child process: clang and the kernel's refusal write to its stderr,
+    not ours, and nothing of it stays loaded here."""
     if not os.path.exists(VMLINUX_BTF):
         return False, "needs BTF"
     try:
-        bcc = import_bcc()
+        import_bcc()
     except BccMissing:
         return False, "BCC missing"
-    if not bcc.BPF.support_kfunc():
+    try:
+        out = subprocess.run([sys.executable, "-c", _FENTRY_PROBE % FENTRY_TEST_FUNCTION],
+                             capture_output=True, text=True, timeout=FENTRY_PROBE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return False, f"not known: the test load took over {FENTRY_PROBE_TIMEOUT}s"
+    if out.returncode == 3:
         return False, "BCC/kernel report no fentry support"
-    with captured_stderr() as err:
-        try:
-            b = bcc.BPF(text=f"KFUNC_PROBE({FENTRY_TEST_FUNCTION}) {{ return 0; }}")
-        except Exception as exc:
-            kernel_said = next((ln for ln in err.read().splitlines() if "bpf:" in ln), str(exc))
-            return False, f"refused by the kernel ({kernel_said.strip()})"
-    b.cleanup()
+    if out.returncode != 0:
+        lines = out.stderr.splitlines()
+        kernel_said = next((ln for ln in lines if "bpf:" in ln), lines[-1] if lines else f"exit {out.returncode}")
+        return False, f"refused by the kernel ({kernel_said.strip()})"
     return True, f"fentry on {FENTRY_TEST_FUNCTION} attached and removed"
+
+
+def module_btf() -> dict:
+    """Whether loaded modules carry their own (split) BTF: a module's types and
+    function prototypes (nf_conntrack's on 6.12) are only there, not in vmlinux."""
+    names = module_btf_names()
+    if names is None or not os.path.exists(VMLINUX_BTF):
+        return {"available": False, "modules": [], "detail": "no BTF at all (CONFIG_DEBUG_INFO_BTF off)"}
+    if names:
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        return {"available": True, "modules": names, "detail": f"/sys/kernel/btf/<module> for {shown}"}
+    return {"available": False, "modules": [],
+            "detail": "no loaded module has BTF (everything built in, or CONFIG_DEBUG_INFO_BTF_MODULES off)"}
 
 
 def lockdown_mode() -> str:
@@ -87,6 +117,7 @@ def node_facts(probe_fentry: bool = True) -> dict:
     facts = {
         "kernel": platform.release(),
         "btf": os.path.exists(VMLINUX_BTF),
+        "module_btf": module_btf(),
         "tracefs": find_tracefs(),
         "kernel_headers": {"status": headers.status, "path": headers.path, "version": headers.version,
                            "detail": headers.describe()},

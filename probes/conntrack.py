@@ -23,6 +23,7 @@ from netagent.btf import BtfError, kernel_btf
 from netagent.configschema import one_of
 from netagent.conntrack.correlate import NETFILTER_DROP, correlated_events
 from netagent.conntrack.flows import MergedFlow, merge
+from netagent.conntrack.module import LOADABLE, STAT_PATH, module_state
 from netagent.conntrack.namespaces import (
     ConntrackAbsent,
     NamespaceGone,
@@ -31,8 +32,8 @@ from netagent.conntrack.namespaces import (
     read_snapshot,
 )
 from netagent.conntrack.report import DATASET, DEFAULT_THRESHOLD, Interval, kernel_caveat
-from netagent.conntrack.stats import StatFormatError
-from netagent.errors import InsufficientPrivilege, ProbeUnavailable, UsageError
+from netagent.conntrack.stats import StatFormatError, StatTable
+from netagent.errors import AgentError, InsufficientPrivilege, ProbeUnavailable, UsageError
 from netagent.events import new_event
 from netagent.kallsyms import Symbolizer
 from netagent.nodefacts import kprobes_unavailable_reason
@@ -40,7 +41,8 @@ from netagent.privileges import effective_capabilities, require_bpf
 from netagent.sensor import Sensor, SensorStatus
 from netagent.timefmt import MonotonicToWall, iso_timestamp
 
-STAT_PATH = "/proc/net/stat/nf_conntrack"
+WAITING = "waiting for nf_conntrack"
+WAITING_PATH = f"{WAITING} (counters and per-packet probes attach when the module loads)"
 COUNTERS_PATH = "counters /proc/net/stat/nf_conntrack"
 CORRELATION_PATH = "correlation with the drop sensor's NETFILTER_DROP ({})"
 PER_PACKET_MODES = ("auto", "kprobe", "correlation", "off")
@@ -339,10 +341,17 @@ class ConntrackSensor(Sensor):
         self._entries_seen: dict[str, int] = {}
         self._drop_losses: dict[str, int] = {}
         self._drop_loss_details: dict[str, int] = {}
+        self.waiting = False  # attached before nf_conntrack loaded; poll() finishes the attach
+        self._waiting_since: tuple[float, float] | None = None  # (monotonic, wall) when we began waiting
 
     # -- contract -----------------------------------------------------------------
     def check(self) -> SensorStatus:
         if not os.path.exists(STAT_PATH):
+            if module_state() == LOADABLE:
+                return SensorStatus(self.name, True, WAITING_PATH,
+                                    "nf_conntrack is a module and not loaded yet (no rule uses conntrack); the "
+                                    "sensor waits for it and attaches within one interval of it loading",
+                                    {"state": WAITING, "per_packet": self.per_packet})
             return SensorStatus(self.name, False, None,
                                 f"{STAT_PATH} missing: nf_conntrack is not loaded (or CONFIG_NF_CONNTRACK_PROCFS "
                                 "is off); nothing to watch")
@@ -366,33 +375,91 @@ class ConntrackSensor(Sensor):
         return SensorStatus(self.name, True, attach, reason, details)
 
     def attach(self) -> str:
+        if not os.path.exists(STAT_PATH) and module_state() == LOADABLE:
+            # A freshly booted node: nothing loaded conntrack yet. Wait for it.
+            self.waiting = True
+            self._waiting_since = (time.monotonic(), time.time())
+            self.attach_path = WAITING_PATH
+            return self.attach_path
+        return self._attach_now()
+
+    def _attach_now(self, counted_from_load: bool = False) -> str:
         self._namespaces, self._last, self._full = {}, {}, {}
-        self._start_counters()
+        self._start_counters(counted_from_load)
         mode, path, reason, _ = self._choose_per_packet()
         if mode == "unavailable":
             raise ProbeUnavailable(reason)
         self.per_packet_reason = reason
-        try:
-            if mode == "kprobe":
+        if mode == "kprobe":
+            try:
                 path = self._attach_kprobes()
-            elif mode == "correlation":
+            except (ProbeUnavailable, InsufficientPrivilege) as exc:
+                self._detach_per_packet()
+                if self.per_packet != "auto":
+                    raise
+                # Kprobes planned but refused: correlation still names the flows.
+                mode, path, reason = self._fall_back(f"kprobes could not be attached: {exc}")
+                self.announce(f"conntrack: {reason}")
+        elif mode == "correlation":
+            try:
                 path = self._attach_correlation()
-        except (ProbeUnavailable, InsufficientPrivilege) as exc:
-            self.detach()
-            if self.per_packet != "auto":
-                raise
-            # Counters stand on their own: degrade rather than fail.
-            self.per_packet_reason = f"{reason + '; ' if reason else ''}per-packet part failed: {exc}"
-            self.announce(f"conntrack: {self.per_packet_reason}; counters only")
-            mode, path = "off", None
+            except (ProbeUnavailable, InsufficientPrivilege) as exc:
+                self._detach_per_packet()
+                if self.per_packet != "auto":
+                    raise
+                mode, path = "off", None
+                reason = f"{reason + '; ' if reason else ''}correlation failed: {exc}: counters only"
+                self.announce(f"conntrack: {reason}")
+        self.per_packet_reason = reason
         self.per_packet_mode = mode
         self.attach_path = COUNTERS_PATH + (f" + {path}" if path else "")
         return self.attach_path
 
+    def _fall_back(self, why: str) -> tuple[str, str | None, str]:
+        """Counters plus correlation after the kprobe path failed; counters alone
+        if that fails too. The sensor never goes off for a per-packet problem."""
+        try:
+            path = self._attach_correlation()
+            return "correlation", path, f"{why}: per-packet conntrack events by correlation with the drop " \
+                                        "sensor's NETFILTER_DROP"
+        except (ProbeUnavailable, InsufficientPrivilege) as exc:
+            self._detach_per_packet()
+            return "off", None, f"{why}; correlation failed too ({exc}): counters only"
+
+    def _finish_waiting(self) -> list[dict]:
+        """Attach now if nf_conntrack has loaded since attach(); an event says so."""
+        if not os.path.exists(STAT_PATH):
+            return []
+        try:
+            path = self._attach_now(counted_from_load=True)
+        except AgentError as exc:
+            self.announce(f"conntrack: nf_conntrack loaded but attaching failed ({exc}); retrying next interval")
+            self._detach_per_packet()
+            return []
+        self.waiting = False
+        since_mono, since_wall = self._waiting_since
+        waited = time.monotonic() - since_mono
+        message = (f"nf_conntrack loaded: conntrack sensor attached via {path} after waiting {waited:.1f}s; "
+                   "counters count from the module's load")
+        self.announce(f"conntrack: {message}")
+        event = new_event(dataset=DATASET, action="sensor-attached", kind="event", category=["network"],
+                          type=["start"], netagent={"conntrack": {"attach_path": path, "waited_seconds":
+                                                                  round(waited, 3),
+                                                                  "per_packet": self.per_packet_mode}})
+        event["event"]["start"] = iso_timestamp(since_wall)
+        event["message"] = message
+        if self.per_packet_reason:
+            event["event"]["reason"] = self.per_packet_reason
+        return [event]
+
     def poll(self) -> list[dict]:
+        events: list[dict] = []
+        if self.waiting:
+            events = self._finish_waiting()
+            if self.waiting:
+                return events
         now = time.time()
         intervals: dict[int, Interval] = {}
-        events: list[dict] = []
         # Counters first, then the per-packet buffers: the swap happens right
         # after, so both cover (almost exactly) the same span.
         for inode, ns in list(self._namespaces.items()):
@@ -427,6 +494,9 @@ class ConntrackSensor(Sensor):
         return events
 
     def detach(self) -> None:
+        self._detach_per_packet()
+
+    def _detach_per_packet(self) -> None:
         if self._bpf is not None:
             try:
                 self._bpf.cleanup()
@@ -468,7 +538,10 @@ class ConntrackSensor(Sensor):
         return list(self._namespaces.values())
 
     # -- counters ----------------------------------------------------------------
-    def _start_counters(self):
+    def _start_counters(self, counted_from_load: bool = False):
+        """Baselines for every watched namespace. counted_from_load: nf_conntrack
+        loaded while we waited, so its counters started at zero then and a zero
+        baseline counts everything since (nothing is lost to the wait)."""
         if self.watch_all:
             self._discover(announce_new=False)
             if not self._namespaces:
@@ -478,6 +551,9 @@ class ConntrackSensor(Sensor):
                 ns = netns_mod.resolve(spec)
                 snap = read_snapshot(ns)  # ConntrackAbsent / InsufficientPrivilege propagate: named explicitly
                 self._watch(ns, snap)
+        if counted_from_load and self._waiting_since:
+            for inode, snap in self._last.items():
+                self._last[inode] = zero_baseline(snap, *self._waiting_since)
 
     def _watch(self, ns, snap: Snapshot):
         self._namespaces[ns.inode] = ns
@@ -601,7 +677,12 @@ class ConntrackSensor(Sensor):
 
     def _drain_per_packet(self, now: float) -> list[dict]:
         if self._drops is not None:
-            return self._drops.poll()
+            # the drop sensor leaves interface names to the enrichment stage; the
+            # correlation (per-flow "interfaces") needs them before that stage
+            from netagent.enrich.processors import interface_namer  # noqa: PLC0415
+
+            name = interface_namer()
+            return [name(e) for e in self._drops.poll()]
         if self._bpf is None:
             return []
         old = self._buffers[self._active]
@@ -644,6 +725,14 @@ class ConntrackSensor(Sensor):
 
     def _probes_return(self, function: str) -> bool:
         return any(kind == "kretprobe" and fn == function for kind, fn, _ in (self._plan.probes if self._plan else []))
+
+
+def zero_baseline(snap: Snapshot, monotonic: float, wall: float) -> Snapshot:
+    """The counters as they were when the module loaded: all zero (its per-CPU
+    statistics are allocated zeroed when a namespace's conntrack starts)."""
+    table = snap.table
+    zeros = StatTable(table.columns, tuple((0,) * len(table.columns) for _ in table.per_cpu), 0, table.header)
+    return Snapshot(snap.netns, monotonic, wall, zeros, 0, snap.max)
 
 
 def _btf_or_none():

@@ -68,7 +68,8 @@ def _render(r: dict) -> str:
     caps = ", ".join(r["privileges"]["capabilities"]) or "none"
     lines = [
         f"kernel           {r['kernel']}",
-        f"BTF              {_yes(r['btf'])}",
+        f"BTF              {_yes(r['btf'])} (vmlinux)",
+        f"module BTF       {_yes(r['module_btf']['available'])} ({r['module_btf']['detail']})",
         f"tracefs          {r['tracefs'] or 'not mounted (mounted on first attach)'}",
         f"kernel headers   {r['kernel_headers']['detail']}",
         f"kprobes          {_yes(r['kprobes']['available'])} ({r['kprobes']['detail']})",
@@ -80,7 +81,8 @@ def _render(r: dict) -> str:
         "sensors:",
     ]
     for s in r["sensors"]:
-        state = f"via {s['attach_path']}" if s["can_run"] else "cannot run"
+        waiting = (s.get("details") or {}).get("state")  # e.g. "waiting for nf_conntrack"
+        state = waiting or (f"via {s['attach_path']}" if s["can_run"] else "cannot run")
         lines.append(f"  {s['name']:<12} {state}")
         if s.get("reason"):
             lines.append(f"  {'':<12} {s['reason']}")
