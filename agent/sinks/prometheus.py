@@ -17,38 +17,31 @@ Metrics:
   netagent_build_info{version,python,kernel}      always 1
   process_*                                       prometheus_client's process collector
 
-Cardinality is bounded: no addresses or ports become labels; the first
-`max_interfaces` interface names and `max_reasons` reasons get their own
-series, later ones are counted under "other".
+Cardinality is bounded: no addresses or ports become labels; at most
+`max_interfaces` interface names and `max_reasons` reasons have their own
+series at a time, the rest are counted under "other" (netagent.sinks.labels).
+Interface slots are given back: an interface that no longer exists (not in
+/sys/class/net) and has had no drop for `interface_grace`, or any that has
+had none for `interface_idle`, loses its series, so churning pod veths do
+not use the slots up for good. Series of netagent_drops_total are at most
+(max_interfaces + 1) x (max_reasons + 1).
 """
 
 import errno
+import os
 import platform
 import threading
 
 from netagent import __version__
 from netagent.configschema import SchemaError, parse_address, positive
 from netagent.sinks.base import Sink
+from netagent.sinks.labels import OVERFLOW_LABEL, LabelSlots  # noqa: F401 - OVERFLOW_LABEL re-exported
 
-OVERFLOW_LABEL = "other"
 
-
-class BoundedLabel:
-    """Maps label values to themselves until `limit` distinct ones, then to "other"."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.seen: set[str] = set()
-        self.overflowed = 0
-
-    def __call__(self, value: str) -> str:
-        if value in self.seen:
-            return value
-        if len(self.seen) < self.limit:
-            self.seen.add(value)
-            return value
-        self.overflowed += 1
-        return OVERFLOW_LABEL
+def interface_exists(name: str) -> bool:
+    """Whether the agent's network namespace has this interface. An interface seen only in another
+    namespace reads as gone here, so its slot goes after interface_grace without drops."""
+    return bool(name) and "/" not in name and os.path.exists(os.path.join("/sys/class/net", name))
 
 
 class PrometheusSink(Sink):
@@ -57,15 +50,20 @@ class PrometheusSink(Sink):
         "listen": ("address", "127.0.0.1:9847"),
         "max_interfaces": ("int", 64, positive),
         "max_reasons": ("int", 256, positive),
+        "interface_grace": ("duration", 60.0, positive),
+        "interface_idle": ("duration", 900.0, positive),
     }
 
     def __init__(self, name: str = "prometheus", listen: str = "127.0.0.1:9847", max_interfaces: int = 64,
-                 max_reasons: int = 256):
+                 max_reasons: int = 256, interface_grace: float = 60.0, interface_idle: float = 900.0,
+                 interface_alive=interface_exists):
         self.name = name
         self.listen = listen
         self.host, self.port = parse_address(listen)
-        self._interfaces = BoundedLabel(max_interfaces)
-        self._reasons = BoundedLabel(max_reasons)
+        self._interfaces = LabelSlots(max_interfaces, alive=interface_alive, grace=interface_grace,
+                                      idle=interface_idle)
+        # reasons come from the kernel's enum: bounded by it, never expired
+        self._reasons = LabelSlots(max_reasons, idle=float("inf"))
         self._snapshot = None
         self._httpd = None
         self._lock = threading.Lock()
@@ -76,7 +74,8 @@ class PrometheusSink(Sink):
 
     @classmethod
     def from_config(cls, cfg: dict) -> "PrometheusSink":
-        return cls(cfg["name"] or cls.TYPE, cfg["listen"], cfg["max_interfaces"], cfg["max_reasons"])
+        return cls(cfg["name"] or cls.TYPE, cfg["listen"], cfg["max_interfaces"], cfg["max_reasons"],
+                   cfg["interface_grace"], cfg["interface_idle"])
 
     def observe_agent(self, snapshot) -> None:
         self._snapshot = snapshot
@@ -96,12 +95,13 @@ class PrometheusSink(Sink):
         # A registry of our own: a reload builds a new sink without clashing
         # with the old one's metric names in the global registry.
         self.registry = CollectorRegistry(auto_describe=True)
+        # first, so the label sweep at each scrape runs before the drop series are collected
+        self.registry.register(_AgentCollector(self))
         self._drops = Counter("netagent_drops", "Packets dropped by the kernel, by drop reason and interface",
                               ["reason", "interface"], registry=self.registry)
         self._drop_bytes = Counter("netagent_drop_bytes", "Bytes of packets dropped by the kernel",
                                    ["reason", "interface"], registry=self.registry)
         ProcessCollector(registry=self.registry)
-        self.registry.register(_AgentCollector(self))
         try:
             self._httpd, _ = start_http_server(self.port, addr=self.host, registry=self.registry)
         except OSError as exc:
@@ -113,12 +113,19 @@ class PrometheusSink(Sink):
         ev = event.get("event", {})
         if ev.get("dataset") == "netagent.drops":
             drop = event.get("netagent", {}).get("drop", {})
-            with self._lock:  # BoundedLabel is not thread-safe; submit has one caller but be sure
+            with self._lock:  # one series update at a time against expiry from the scrape thread
                 reason = self._reasons(str(ev.get("reason") or "UNKNOWN"))
                 iface = self._interfaces(str(drop.get("interface") or ""))
-            self._drops.labels(reason, iface).inc(int(drop.get("count") or 0))
-            self._drop_bytes.labels(reason, iface).inc(int(drop.get("bytes") or 0))
+                self._drops.labels(reason, iface).inc(int(drop.get("count") or 0))
+                self._drop_bytes.labels(reason, iface).inc(int(drop.get("bytes") or 0))
+                for metric in (self._drops, self._drop_bytes):
+                    self._interfaces.track(iface, metric, (reason, iface))
         return True
+
+    def sweep_labels(self) -> None:
+        """Give back the slots of interfaces that are gone (also run at every scrape)."""
+        with self._lock:
+            self._interfaces.sweep()
 
     def flush(self, timeout: float) -> bool:
         return True
@@ -134,7 +141,8 @@ class PrometheusSink(Sink):
 
     def status(self) -> dict:
         return {"name": self.name, "type": self.TYPE, "listen": self.listen, "healthy": self._httpd is not None,
-                "label_overflow": {"interface": self._interfaces.overflowed, "reason": self._reasons.overflowed}}
+                "label_overflow": {"interface": self._interfaces.overflowed, "reason": self._reasons.overflowed},
+                "labels": {"interface": self._interfaces.status(), "reason": self._reasons.status()}}
 
 
 class _AgentCollector:
@@ -154,6 +162,7 @@ class _AgentCollector:
                                  labels=["version", "python", "kernel"])
         info.add_metric([__version__, platform.python_version(), self.kernel], 1)
         yield info
+        self.sink.sweep_labels()  # before the registry collects the drop series: gone ones are not served
         snap = self.sink._snapshot() if self.sink._snapshot else None
         if not snap:
             return

@@ -1,0 +1,107 @@
+"""LabelSlots: bounded label values that give their slot back when the value is gone."""
+
+import socket
+import urllib.request
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.parser import text_string_to_metric_families
+
+from netagent.events import new_event
+from netagent.sinks.labels import LabelSlots
+from netagent.sinks.prometheus import PrometheusSink
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def series(registry) -> set[tuple]:
+    return {tuple(sorted(s.labels.items())) for fam in registry.collect() for s in fam.samples
+            if s.name == "x_total"}
+
+
+def test_gone_values_give_their_slot_and_series_back():
+    clock, alive = Clock(), {"veth0", "veth1"}
+    registry = CollectorRegistry()
+    counter = Counter("x", "test", ["iface"], registry=registry)
+    slots = LabelSlots(2, alive=lambda v: v in alive, grace=60, idle=900, clock=clock)
+    for name in ("veth0", "veth1"):
+        label = slots(name)
+        counter.labels(label).inc()
+        slots.track(label, counter, (label,))
+    assert slots("veth2") == "other"  # full
+    alive.discard("veth0")  # the pod went away
+    clock.now += 30
+    assert slots("veth2") == "other"  # still within the grace: a late drop keeps its name
+    clock.now += 31
+    assert slots("veth2") == "veth2"  # veth0 is gone and quiet: its slot is free
+    assert series(registry) == {(("iface", "veth1"),)}  # veth0's series removed
+    assert slots.status() == {"used": 2, "limit": 2, "overflowed": 2, "expired": 1}
+
+
+def test_idle_values_expire_even_when_alive_and_forget_is_immediate():
+    clock = Clock()
+    slots = LabelSlots(4, alive=lambda v: True, grace=60, idle=900, clock=clock)
+    slots("eth0")
+    slots("eth1")
+    clock.now += 600
+    slots("eth1")  # eth1 stays busy
+    clock.now += 400
+    assert slots.sweep() == ["eth0"]
+    slots.forget("eth1")
+    assert slots.values == []
+
+
+def test_churning_veths_never_run_out_of_slots():
+    clock, alive = Clock(), set()
+    slots = LabelSlots(8, alive=lambda v: v in alive, grace=60, clock=clock)
+    for i in range(1000):  # a pod a minute, each veth dropping once then deleted
+        alive.add(f"veth{i}")
+        assert slots(f"veth{i}") == f"veth{i}"
+        alive.discard(f"veth{i}")
+        clock.now += 61
+    assert slots.overflowed == 0 and len(slots.values) <= 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def drop(interface: str) -> dict:
+    ev = new_event(dataset="netagent.drops", action="packet-dropped",
+                   netagent={"drop": {"count": 1, "bytes": 60, "interface": interface}})
+    ev["event"]["reason"] = "NO_SOCKET"
+    return ev
+
+
+def scraped_interfaces(sink) -> set[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sink.bound_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {s.labels["interface"] for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == "netagent_drops_total"}
+
+
+def test_prometheus_expires_interfaces_that_are_gone():
+    alive = {"veth0", "veth1", "veth2"}
+    sink = PrometheusSink("prometheus", f"127.0.0.1:{free_port()}", max_interfaces=3, interface_grace=0.001,
+                          interface_alive=lambda name: name in alive)
+    sink.start()
+    try:
+        for name in ("veth0", "veth1", "veth2"):
+            sink.submit(b"", drop(name))
+        alive.discard("veth0")
+        alive.add("veth3")
+        # the scrape sweeps first: veth0 is not served, and its slot is free for veth3
+        assert scraped_interfaces(sink) == {"veth1", "veth2"}
+        sink.submit(b"", drop("veth3"))
+        assert scraped_interfaces(sink) == {"veth1", "veth2", "veth3"}
+        assert sink.status()["label_overflow"]["interface"] == 0
+        assert sink.status()["labels"]["interface"]["expired"] == 1
+    finally:
+        sink.close(1)
