@@ -135,7 +135,10 @@ def conntrack(netns_specs, interval, duration, threshold, per_packet, counters, 
         try:
             names = ", ".join(ns.name for ns in sensor.namespaces) if not sensor.watch_all else \
                 f"all namespaces with conntrack ({len(sensor.namespaces)} now)"
-            note(f"netagent: watching conntrack in {names} via {path}; interval {interval:g}s")
+            if sensor.waiting:
+                note(f"netagent: conntrack {path}; checking every {interval:g}s")
+            else:
+                note(f"netagent: watching conntrack in {names} via {path}; interval {interval:g}s")
             if sensor.per_packet_reason:
                 note(f"netagent: {sensor.per_packet_reason}")
             if sensor.caveat:
