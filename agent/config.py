@@ -29,7 +29,7 @@ AGENT_SCHEMA = {
     "shutdown_timeout": ("duration", 5.0),
 }
 
-TOP_LEVEL = ("agent", "sensors", "sinks", "findings")
+TOP_LEVEL = ("agent", "sensors", "sinks", "findings", "kubernetes")
 
 
 @dataclass
@@ -40,6 +40,7 @@ class AgentConfig:
     sinks: list  # validated tables, each with "type" and a unique "name"
     sensor_modules: list = field(default_factory=list)  # registry.SensorModule list used to validate
     findings: dict = field(default_factory=dict)  # [findings]: the correlator's rules (netagent.findings)
+    kubernetes: dict = field(default_factory=dict)  # [kubernetes]: pod attribution (netagent.enrich.stage)
 
     def sensor_module(self, section: str):
         for module in self.sensor_modules:
@@ -54,8 +55,11 @@ class AgentConfig:
 
         from netagent.findings.correlator import CONFIG_SCHEMA as FINDINGS_SCHEMA
 
+        from netagent.enrich.stage import CONFIG_SCHEMA as KUBERNETES_SCHEMA
+
         doc = {"agent": _formatted(AGENT_SCHEMA, self.agent), "sensors": {}, "sinks": [],
-               "findings": _formatted(FINDINGS_SCHEMA, self.findings)}
+               "findings": _formatted(FINDINGS_SCHEMA, self.findings),
+               "kubernetes": _formatted(KUBERNETES_SCHEMA, self.kubernetes)}
         for section, table in self.sensors.items():
             module = self.sensor_module(section)
             doc["sensors"][section] = _formatted(module.schema, table) if module and module.loaded else dict(table)
@@ -146,7 +150,10 @@ def validate(doc: dict, source: str, *, sensor_paths: list[str] | None = None) -
     from netagent.findings.correlator import CONFIG_SCHEMA as FINDINGS_SCHEMA
 
     findings = _apply(FINDINGS_SCHEMA, _table(doc, "findings", source), source, "findings")
-    return AgentConfig(source, agent, sensors, sinks, modules, findings)
+    from netagent.enrich.stage import CONFIG_SCHEMA as KUBERNETES_SCHEMA
+
+    kubernetes = _apply(KUBERNETES_SCHEMA, _table(doc, "kubernetes", source), source, "kubernetes")
+    return AgentConfig(source, agent, sensors, sinks, modules, findings, kubernetes)
 
 
 def _table(doc: dict, key: str, source: str) -> dict:
@@ -245,6 +252,8 @@ def to_toml(doc: dict) -> str:
         table(f"[sensors.{_key(section)}]", values)
     if doc.get("findings"):
         table("[findings]", doc["findings"])
+    if doc.get("kubernetes"):
+        table("[kubernetes]", doc["kubernetes"])
     for values in doc["sinks"]:
         table("[[sinks]]", values)
     return "\n".join(lines)

@@ -138,31 +138,3 @@ def run_in(ns: Netns, func, *args, **kwargs):
 def interface_names(ns: Netns) -> dict[int, str]:
     """ifindex -> name inside namespace `ns`."""
     return dict(run_in(ns, socket.if_nameindex))
-
-
-class InterfaceNames:
-    """Cached ifindex -> name lookups per namespace inode, refreshed on a miss."""
-
-    def __init__(self):
-        self._by_inode: dict[int, dict[int, str]] = {}
-        self._namespaces: dict[int, Netns] = {}
-
-    def netns(self, inode: int) -> Netns | None:
-        if inode not in self._namespaces:
-            self._namespaces = known_namespaces()
-        return self._namespaces.get(inode)
-
-    def name(self, netns_inode: int, ifindex: int) -> str | None:
-        if not ifindex:
-            return None
-        names = self._by_inode.get(netns_inode)
-        if names is None or ifindex not in names:
-            ns = self.netns(netns_inode)
-            if ns is None:
-                return None
-            try:
-                names = interface_names(ns)
-            except (OSError, ProbeUnavailable):
-                return None
-            self._by_inode[netns_inode] = names
-        return names.get(ifindex)

@@ -73,6 +73,17 @@ def endpoint(obj: dict | None, missing: str = "-") -> str:
     return host_port(obj["ip"], obj["port"]) if "port" in obj else obj["ip"]
 
 
+def pod_cell(event: dict) -> str | None:
+    """The POD column: namespace/name, "(host)" for the node's own namespace, else None."""
+    k8s = event.get("kubernetes") or {}
+    pod = k8s.get("pod")
+    if pod:
+        return f"{k8s.get('namespace')}/{pod.get('name')}"
+    if (event.get("netagent") or {}).get("host_network"):
+        return "(host)"
+    return None
+
+
 def render_table(rows: list[dict], columns: list[tuple[str, str]], max_width: int | None = None) -> str:
     """Plain aligned table; `columns` is [(key, header)]. Long cells are cut with '…'."""
     if max_width is None:

@@ -6,13 +6,14 @@ from collections import Counter
 
 import click
 
-from netagent.output import JsonLineEmitter, endpoint, note, output_option, render_table, resolve_output
+from netagent.enrich.cli import command_enricher, pod_netns, pod_option
+from netagent.output import JsonLineEmitter, endpoint, note, output_option, pod_cell, render_table, resolve_output
 from netagent.probes.drops import ATTACH_MODES  # no BCC import: that happens at attach
 from netagent.signals import StopSignals
 
 TABLE_COLUMNS = [
     ("count", "COUNT"), ("reason", "REASON"), ("transport", "PROTO"), ("src", "SOURCE"),
-    ("dst", "DESTINATION"), ("interface", "IFACE"), ("netns", "NETNS"), ("location", "LOCATION"),
+    ("dst", "DESTINATION"), ("interface", "IFACE"), ("netns", "NETNS"), ("pod", "POD"), ("location", "LOCATION"),
 ]
 
 
@@ -27,6 +28,7 @@ def table_row(event: dict) -> dict:
         "dst": endpoint(event.get("destination")),
         "interface": drop.get("interface") or (drop["ifindex"] or "-"),
         "netns": drop.get("netns_name") or drop["netns"],
+        "pod": pod_cell(event),
         "location": drop["location"],
     }
 
@@ -54,6 +56,7 @@ class DropSummary:
 
 @click.command()
 @click.option("--netns", default="", help="Namespace: name under /run/netns, a path, or pid:N.")
+@pod_option
 @click.option("--reason", "reasons", multiple=True, help="Only this kernel drop reason (repeatable), e.g. NO_SOCKET.")
 @click.option("--iface", default="", help="Only drops on this interface (in --netns, or the host namespace).")
 @click.option("--proto", type=click.Choice(["tcp", "udp", "icmp", "other"]), default=None, help="Only this protocol.")
@@ -68,11 +71,12 @@ class DropSummary:
               help="Attach path: auto takes the first this kernel offers (raw_tracepoint, tracepoint, kprobe); "
                    "a path this kernel lacks exits 69.")
 @output_option
-def drops(netns, reasons, iface, proto, host, port, interval, duration, top, attach_mode, output):
+def drops(netns, pod, reasons, iface, proto, host, port, interval, duration, top, attach_mode, output):
     """Every packet the kernel drops, with the kernel's reason, per flow."""
     from netagent.probes.drops import DropFilters, DropSensor
 
     fmt = resolve_output(output)
+    netns, _pod = pod_netns(pod, netns)
     held_notes: list[str] = []  # notes from attaching (e.g. tracefs mounted) follow the "attached to" line
     sensor = DropSensor(
         DropFilters(netns=netns, reasons=list(reasons), iface=iface, proto=proto or "", host=host, port=port or 0),
@@ -82,6 +86,7 @@ def drops(netns, reasons, iface, proto, host, port, interval, duration, top, att
     )
     summary = DropSummary()
     emitter = JsonLineEmitter()
+    enrich = command_enricher(note)
     with StopSignals() as signals:
         path = sensor.attach()
         sensor.announce = note
@@ -96,7 +101,7 @@ def drops(netns, reasons, iface, proto, host, port, interval, duration, top, att
             while not signals.stop.is_set():
                 wait = interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic()))
                 signals.stop.wait(wait)
-                events = sensor.poll()
+                events = enrich.enrich_all(sensor.poll())
                 summary.add(events)
                 _show(events, fmt, emitter, top, sensor)
                 if deadline is not None and time.monotonic() >= deadline:
@@ -104,13 +109,16 @@ def drops(netns, reasons, iface, proto, host, port, interval, duration, top, att
         finally:
             # one last flush so nothing counted in the kernel is lost at exit
             try:
-                events = sensor.poll()
+                events = enrich.enrich_all(sensor.poll())
                 summary.add(events)
                 _show(events, fmt, emitter, top, sensor, final=True)
             finally:
                 losses = sensor.losses()
                 sensor.detach()
+                enrich.stop()
                 note(summary.render(losses))
+                if enrich.failures.total:
+                    note(f"enrich failed (events kept, names missing): {enrich.failures.by_cause}")
 
 
 def _show(events, fmt, emitter, top, sensor, final=False):

@@ -180,6 +180,17 @@ class InterfaceNamer:
         return names[ifindex]
 
 
+_SHARED_NAMER: InterfaceNamer | None = None
+
+
+def interface_namer() -> InterfaceNamer:
+    """One process-wide InterfaceNamer for code that needs names before the stage runs."""
+    global _SHARED_NAMER
+    if _SHARED_NAMER is None:
+        _SHARED_NAMER = InterfaceNamer(NetnsDirectory(None), Failures())
+    return _SHARED_NAMER
+
+
 def pod_fields(pod: PodInfo, node: str | None) -> dict:
     """The top-level ECS / Kubernetes-integration objects naming `pod`, built once per pod."""
     cached = pod.__dict__.get("_fields")
