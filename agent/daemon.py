@@ -15,7 +15,6 @@ inside a signal handler):
 import os
 import select
 import signal
-import sys
 import threading
 import time
 
@@ -27,22 +26,12 @@ from netagent import sdnotify
 from netagent.configschema import SchemaError
 from netagent.errors import AgentError, ConfigError, InsufficientPrivilege, ProbeUnavailable, UsageError
 from netagent.events import new_event
+from netagent.log import log
 from netagent.pipeline import PLACES, Pipeline
 from netagent.sinks import sink_class
+from netagent.watchdog import WATCHDOG
 
 AGENT_DATASET = "netagent.agent"
-_log_lock = threading.Lock()
-
-
-def log(message: str, level: int = 6) -> None:
-    """One diagnostic line on stderr; under systemd with a syslog priority prefix."""
-    prefix = f"<{level}>" if os.environ.get("JOURNAL_STREAM") else ""
-    with _log_lock:
-        try:
-            sys.stderr.write(f"{prefix}netagent: {message}\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
 
 
 class RateLimitedLog:
@@ -84,6 +73,7 @@ class SensorRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._final_losses: dict[str, int] = {}
+        self._final_poll = True  # stop() polls once more (a handover polls itself)
 
     def start(self) -> None:
         """Attach; an unusable sensor ends up off with the reason. A configuration
@@ -117,6 +107,13 @@ class SensorRunner:
         self._thread.start()
 
     def _run(self) -> None:
+        # a failure outside the sensor's poll() (publishing, a bug) restarts the
+        # loop with the sensor still attached: counted and explained by the watchdog
+        WATCHDOG.run(self._thread.name, self._poll_loop, self._stop)
+        if self._final_poll:
+            self._poll_once()  # what the kernel counted since the last poll
+
+    def _poll_loop(self) -> None:
         interval = float(getattr(self.sensor, "interval", None) or self.cfg.get("interval", 1.0))
         next_poll = time.monotonic() + interval
         while not self._stop.wait(max(0.0, next_poll - time.monotonic())):
@@ -124,7 +121,6 @@ class SensorRunner:
             if next_poll < time.monotonic():  # fell behind (slow poll): do not burst
                 next_poll = time.monotonic() + interval
             self._poll_once()
-        self._poll_once()  # what the kernel counted since the last poll
 
     def _poll_once(self) -> None:
         try:
@@ -304,7 +300,8 @@ class Daemon:
             events_emitted=snap["emitted"], last_sequence=snap["last_sequence"], events_by_dataset=snap["by_dataset"],
             lost=snap["lost"], lost_total=sum(snap["lost"].values()),
             queue={"depth": snap["queue_depth"], "capacity": snap["queue_capacity"]},
-            sensors=snap["sensors"], sinks=snap["sinks"], rss_bytes=rss, cpu_seconds=round(cpu, 3),
+            sensors=snap["sensors"], sinks=snap["sinks"], watchdog=WATCHDOG.status(),
+            rss_bytes=rss, cpu_seconds=round(cpu, 3),
             cpu_percent=round(cpu_pct, 2), config=self.config.source,
         )
 
@@ -362,7 +359,8 @@ class Daemon:
         self._emit(self._agent_event(
             "agent-stopped", type_=["end"], reason=why, events_emitted=snap["emitted"] + 1,
             events_by_dataset=snap["by_dataset"], lost=snap["lost"], lost_total=sum(snap["lost"].values()),
-            sensors=snap["sensors"], uptime_seconds=round(time.time() - self.start_time, 3),
+            sensors=snap["sensors"], watchdog=WATCHDOG.status(),
+            uptime_seconds=round(time.time() - self.start_time, 3),
         ))
         self.pipeline.stop(max(0.1, deadline - time.monotonic()))
         self._close_sinks(self.pipeline.sinks, max(0.2, deadline - time.monotonic()))

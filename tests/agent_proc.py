@@ -63,3 +63,20 @@ class AgentProcess:
 
     def events(self) -> list[dict]:
         return [orjson.loads(line) for line in self.stdout_lines if line.strip()]
+
+    def messages(self) -> list[str]:
+        """The `message` of each diagnostic line (JSON when stderr is not a TTY, see netagent.log)."""
+        return [diagnostic_message(line) for line in self.stderr_lines]
+
+
+def diagnostic_message(line: str) -> str:
+    """The message of one stderr line: a JSON diagnostic's `message`, or the line itself."""
+    text = line.strip()
+    if text.startswith("<") and ">" in text[:4]:
+        text = text[text.index(">") + 1:]  # journald priority prefix
+    if text.startswith("{"):
+        try:
+            return orjson.loads(text).get("message", text)
+        except orjson.JSONDecodeError:
+            pass
+    return text

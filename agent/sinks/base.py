@@ -37,6 +37,7 @@ import threading
 import time
 
 from netagent.configschema import positive
+from netagent.watchdog import WATCHDOG
 
 # Keys every [[sinks]] table may have, whatever its type.
 COMMON_SCHEMA = {
@@ -236,6 +237,17 @@ class BufferedSink(Sink):
         return batch
 
     def _run(self) -> None:
+        # a failure outside deliver() (a bug) restarts the loop, counted and
+        # explained in the heartbeat (netagent.watchdog), instead of ending it
+        WATCHDOG.run(self._thread.name, self._loop, self.stopping, on_failure=self._after_failure)
+        self._safe_shutdown()
+
+    def _after_failure(self, exc: BaseException) -> None:
+        self.record_error(exc)
+        with self._idle:
+            self._in_flight = 0
+
+    def _loop(self) -> None:
         while True:
             if self._reopen_requested:
                 self._reopen_requested = False
@@ -263,7 +275,6 @@ class BufferedSink(Sink):
             finally:
                 with self._idle:
                     self._in_flight = 0
-        self._safe_shutdown()
 
     def _safe_shutdown(self) -> None:
         # called by the thread when it ends, or by close() when the thread is gone

@@ -61,6 +61,7 @@ from netagent.configschema import SchemaError, parse_address, positive
 from netagent.sinks import syslog_config
 from netagent.sinks.base import Sink
 from netagent.spool import Spool, SpoolBusy, SpoolError
+from netagent.watchdog import WATCHDOG
 
 # RFC 5424 severities used for events (facility comes from the configuration)
 SEVERITY = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
@@ -570,6 +571,8 @@ class SyslogSink(Sink):
         self._last_reason: str | None = None
         self._last_reason_time = 0.0
         self._hostname = socket.gethostname()
+        self._disk_said_at = float("-inf")
+        self._disk_lost_unsaid = 0
         self._pid = os.getpid()
         # counters
         self.dropped = 0  # buffer full / not accepting
@@ -711,8 +714,11 @@ class SyslogSink(Sink):
             "delivered": self.delivered,
             "resent": self.resent,
             "lost": self.losses(),
+            "lost_causes": {"spool": self.spool.loss_causes()},
             "healthy": self._conn is not None,
         }
+        if self.spool.last_disk_error:
+            out["spool_disk_error"] = self.spool.last_disk_error
         if self.last_error:
             out["last_error"] = self.last_error
         return out
@@ -720,7 +726,7 @@ class SyslogSink(Sink):
     # -- diagnostics ----------------------------------------------------------------------
     def _note(self, message: str, level: int = 5) -> None:
         # the agent's stderr diagnostics (journal priority prefix under systemd)
-        from netagent.daemon import log
+        from netagent.log import log
 
         log(f"syslog sink {self.name!r} ({self.address}): {message}", level)
 
@@ -740,25 +746,46 @@ class SyslogSink(Sink):
                 level=4,
             )
 
+    def _disk_trouble(self, lost: int) -> None:
+        """Events the spool could not store: counted there; said once a minute at most."""
+        self._disk_lost_unsaid += lost
+        now = time.monotonic()
+        if now - self._disk_said_at < 60.0:
+            return
+        self._disk_said_at = now
+        causes = ", ".join(f"{c} {n}" for c, n in sorted(self.spool.error_causes.items()))
+        self._note(f"spool {self.cfg['spool_dir']}: cannot write ({self.spool.last_disk_error}); "
+                   f"{self._disk_lost_unsaid} events lost (counted at 'spool'; by cause so far: {causes}); "
+                   "spooling resumes by itself when the disk takes writes again", level=3)
+        self._disk_lost_unsaid = 0
+
     # -- delivery thread --------------------------------------------------------------------
     def _run(self) -> None:
-        try:
-            if not self._spool_open and not self._await_spool():
-                # closed before the predecessor let go: nothing to keep them in
-                self.abandoned += len(self._queue)
-                self._queue.clear()
-                return
-            while not self._stop.is_set():
-                self._step()
-            self._finish()
-        except Exception as exc:  # a bug must not kill the agent; say it and keep what is spooled
-            self._note(f"delivery thread failed: {type(exc).__name__}: {exc}", level=3)
-            self.last_error = f"internal: {exc}"
+        # The watchdog restarts the loop when it raises (a bug, a disk error
+        # the spool could not absorb): delivery resumes from the spool, whose
+        # unconfirmed records are sent again.
+        WATCHDOG.run(self._thread.name, self._deliver, self._stop, on_failure=self._after_failure)
+        if self._stop.is_set() and self._spool_open:
             try:
-                self._drop_connection(None)
+                self._finish()
+            except Exception as exc:
+                self._note(f"could not finish cleanly: {type(exc).__name__}: {exc}", level=3)
                 self.spool.close()
-            except Exception:
-                pass
+
+    def _deliver(self) -> None:
+        if not self._spool_open and not self._await_spool():
+            # closed before the predecessor let go: nothing to keep them in
+            self.abandoned += len(self._queue)
+            self._queue.clear()
+            return
+        while not self._stop.is_set():
+            self._step()
+
+    def _after_failure(self, exc: BaseException) -> None:
+        self.last_error = f"internal: {type(exc).__name__}: {exc}"
+        self.last_error_time = time.time()
+        self._drop_connection(None)  # resend whatever was not confirmed
+        self._next_attempt = 0.0
 
     def _step(self) -> None:
         submitted = self._submitted  # all of these are in the queue or beyond
@@ -814,7 +841,10 @@ class SyslogSink(Sink):
                     format_message(line, event, facility=self.facility, app_name=self.app_name,
                                    hostname=self._hostname, procid=self._pid)
                 )
+            before = self.spool.dropped_error
             self.spool.append(batch)
+            if self.spool.dropped_error != before:
+                self._disk_trouble(self.spool.dropped_error - before)
 
     def _connect(self) -> None:
         try:

@@ -389,3 +389,37 @@ def test_reload_successor_waits_for_the_predecessor_and_keeps_order(tmp_path, re
     new.close(5)
     assert sequences(rx) == (list(range(1, 201)), 0)
     assert new.losses() == {"sink": 0, "spool": 0} and old.losses() == {"sink": 0, "spool": 0}
+
+
+def test_a_failing_delivery_thread_is_restarted_counted_and_explained(tmp_path, receivers, capfd):
+    """An exception escaping the delivery loop (here: the spool's read fails with EIO
+    twice) must not end delivery: the watchdog restarts the loop, counts the
+    restart with its reason, and every event still arrives."""
+    from netagent.watchdog import WATCHDOG
+
+    rx = receivers()
+    sink = make_sink(tmp_path, rx.address, tls=False, ca_file="")
+    real_read = sink.spool.read
+    failures = {"left": 2}
+
+    def flaky_read(*args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(5, "Input/output error")
+        return real_read(*args, **kwargs)
+
+    sink.spool.read = flaky_read
+    before = WATCHDOG.status()
+    src = Source()
+    assert src.emit(sink, 200) == 200
+    assert wait(lambda: rx.count >= 200), "delivery resumed after the restarts"
+    assert sink.flush(10)
+    sink.close(5)
+    assert sequences(rx)[0] == list(range(1, 201))
+    after = WATCHDOG.status()
+    assert after["restarts"] - before["restarts"] == 2
+    mine = next(t for t in after["threads"] if t["thread"] == f"sink-{sink.name}")
+    assert "OSError" in mine["last_reason"] and "Input/output error" in mine["last_reason"]
+    err = capfd.readouterr().err
+    assert f"watchdog: thread sink-{sink.name} failed (OSError: [Errno 5] Input/output error" in err
+    assert sink.losses() == {"sink": 0, "spool": 0}
