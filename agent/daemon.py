@@ -186,6 +186,7 @@ class Daemon:
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
         self.reload_ok = True
         self.reloads = 0
+        self.enricher = None  # netagent.enrich.stage.Enricher, built at start
         self._wake_r = self._wake_w = None
         self._old_handlers: dict = {}
         self._old_wakeup_fd = -1
@@ -270,6 +271,7 @@ class Daemon:
         snap["lost"] = self.losses()
         snap["sensors"] = [r.status() for r in list(self.runners)]
         snap["config_reload_ok"] = self.reload_ok
+        snap["enrich"] = self.enricher.status() if self.enricher else {}
         snap["start_time"] = self.start_time
         return snap
 
@@ -301,6 +303,7 @@ class Daemon:
             lost=snap["lost"], lost_total=sum(snap["lost"].values()),
             queue={"depth": snap["queue_depth"], "capacity": snap["queue_capacity"]},
             sensors=snap["sensors"], sinks=snap["sinks"], watchdog=WATCHDOG.status(),
+            enrich=snap["enrich"], enrich_failed_total=sum(snap["enrich"].get("enrich_failed", {}).values()),
             rss_bytes=rss, cpu_seconds=round(cpu, 3),
             cpu_percent=round(cpu_pct, 2), config=self.config.source,
         )
@@ -309,7 +312,13 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         sinks = self._start_sinks(cfg.sinks, cfg.source)
-        self.pipeline = Pipeline(sinks, capacity=cfg.agent["queue_events"], processors=_processors(cfg))
+        from netagent.enrich.stage import Enricher
+
+        # names (pods, interfaces) before the correlator and the sinks see an event
+        self.enricher = Enricher.from_config(cfg.kubernetes, log=lambda message: log(message, 4))
+        log(self.enricher.start())
+        self.pipeline = Pipeline(sinks, capacity=cfg.agent["queue_events"],
+                                 processors=[self.enricher.pipeline_processor()] + _processors(cfg))
         self.pipeline.start()
         try:
             self.runners = self._attach_sensors(cfg)
@@ -346,6 +355,8 @@ class Daemon:
             self.pipeline.stop(0.5)
             for s in self.pipeline.sinks:
                 s.close(0.5)
+        if self.enricher:
+            self.enricher.stop()
 
     def stop(self, why: str) -> dict:
         """Detach, report totals, flush sinks within shutdown_timeout. Returns final losses."""
@@ -359,11 +370,13 @@ class Daemon:
         self._emit(self._agent_event(
             "agent-stopped", type_=["end"], reason=why, events_emitted=snap["emitted"] + 1,
             events_by_dataset=snap["by_dataset"], lost=snap["lost"], lost_total=sum(snap["lost"].values()),
-            sensors=snap["sensors"], watchdog=WATCHDOG.status(),
+            sensors=snap["sensors"], watchdog=WATCHDOG.status(), enrich=snap["enrich"],
+            enrich_failed_total=sum(snap["enrich"].get("enrich_failed", {}).values()),
             uptime_seconds=round(time.time() - self.start_time, 3),
         ))
         self.pipeline.stop(max(0.1, deadline - time.monotonic()))
         self._close_sinks(self.pipeline.sinks, max(0.2, deadline - time.monotonic()))
+        self.enricher.stop()
         final = self.losses()
         log(f"stopped ({why}): {self.pipeline.emitted} events emitted, lost: "
             + ", ".join(f"{p} {n}" for p, n in final.items()))
@@ -450,7 +463,9 @@ class Daemon:
         self.runners = runners
         self.pipeline.queue.capacity = new.agent["queue_events"]
         if new.findings != self.config.findings:
-            self.pipeline.processors = _processors(new)
+            self.pipeline.processors = [self.enricher.pipeline_processor()] + _processors(new)
+        if new.kubernetes != self.config.kubernetes:
+            log("reload: [kubernetes] changes take effect at the next restart", 4)
         self.config = new
         changed = {"sinks_started": [s.name for s in sinks if s not in old_sinks.values()],
                    "sinks_stopped": [s.name for s in removed],
