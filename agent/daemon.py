@@ -70,6 +70,10 @@ class SensorRunner:
         self.last_error: str | None = None
         self.events = 0
         self.queue_dropped = 0
+        # what the sensor says about how it runs ("counters only", why; tracefs mounted):
+        # the last few kept for the heartbeat, all counted
+        self.notes: list[str] = []
+        self.notes_total = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._final_losses: dict[str, int] = {}
@@ -86,10 +90,15 @@ class SensorRunner:
             return
         try:
             sensor = self.module.from_config(self.cfg)
+            if hasattr(sensor, "announce"):  # sensors that narrate their choices (drops, conntrack)
+                sensor.announce = self.note
             status = sensor.check()
             if not status.can_run:
                 self.reason = status.reason or "cannot run on this node"
                 return
+            for note in (status.reason, (status.details or {}).get("caveat")):
+                if note:  # a sensor that can run says here how well (e.g. conntrack: counters only)
+                    self.note(note)
             self.attach_path = sensor.attach()
         except (UsageError, SchemaError, ValueError) as exc:
             raise ConfigError(str(exc), key=f"sensors.{self.section}") from None
@@ -161,13 +170,25 @@ class SensorRunner:
         except Exception:
             return dict(self._final_losses)
 
+    MAX_NOTES = 10
+
+    def note(self, message: str) -> None:
+        """A sensor's remark on how it runs: logged, kept for the heartbeat and agent-stopped."""
+        self.notes_total += 1
+        if message not in self.notes:
+            self.notes = (self.notes + [message])[-self.MAX_NOTES:]
+        log(f"sensor {self.section}: {message}", 5)
+
     def status(self) -> dict:
         out = {"name": self.section, "state": self.state, "attach_path": self.attach_path}
         if self.reason:
             out["reason"] = self.reason
+        if self.notes:
+            out["notes"] = list(self.notes)
+            out["notes_total"] = self.notes_total
         if self.state in ("on", "stopped"):
             out.update(polls=self.polls, poll_errors=self.poll_errors, events=self.events,
-                       lost=self.losses())
+                       lost=self.losses(), queue_lost=self.queue_dropped)
             if self.last_error:
                 out["last_error"] = self.last_error
         return out
@@ -301,6 +322,7 @@ class Daemon:
             "heartbeat", kind="metric", type_=["info"],
             events_emitted=snap["emitted"], last_sequence=snap["last_sequence"], events_by_dataset=snap["by_dataset"],
             lost=snap["lost"], lost_total=sum(snap["lost"].values()),
+            processing=snap["processing"],
             queue={"depth": snap["queue_depth"], "capacity": snap["queue_capacity"]},
             sensors=snap["sensors"], sinks=snap["sinks"], watchdog=WATCHDOG.status(),
             enrich=snap["enrich"], enrich_failed_total=sum(snap["enrich"].get("enrich_failed", {}).values()),
@@ -370,6 +392,7 @@ class Daemon:
         self._emit(self._agent_event(
             "agent-stopped", type_=["end"], reason=why, events_emitted=snap["emitted"] + 1,
             events_by_dataset=snap["by_dataset"], lost=snap["lost"], lost_total=sum(snap["lost"].values()),
+            processing=snap["processing"],
             sensors=snap["sensors"], watchdog=WATCHDOG.status(), enrich=snap["enrich"],
             enrich_failed_total=sum(snap["enrich"].get("enrich_failed", {}).values()),
             uptime_seconds=round(time.time() - self.start_time, 3),

@@ -198,9 +198,25 @@ class Pipeline:
                 lost[place] = lost.get(place, 0) + n
         return lost
 
+    def processing(self) -> dict:
+        """The processors' own health: events a processor failed on (passed on unprocessed,
+        so not lost, but unenriched or uncorrelated) and each status() a processor offers
+        (the correlator's under its `status_name`, e.g. "findings")."""
+        out: dict = {"failed": self.processor_failed}
+        for processor in self.processors:
+            status = getattr(processor, "status", None)
+            if callable(status):
+                name = getattr(processor, "status_name", None) or type(processor).__name__.lower()
+                try:
+                    out[name] = status()
+                except Exception as exc:  # a status bug must not break the heartbeat
+                    out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out
+
     def snapshot(self) -> dict:
         return {
             "emitted": self.emitted,
+            "processing": self.processing(),
             "last_sequence": self.sequencer.last,
             "by_dataset": dict(self.by_dataset),
             "lost": self.losses(),

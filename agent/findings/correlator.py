@@ -110,6 +110,8 @@ def mtu_record(event: dict) -> dict:
 class Correlator:
     """(event) -> [event, *finding events]. See the module docstring for what it reads."""
 
+    status_name = "findings"  # its status() in the pipeline's snapshot, heartbeat and metrics
+
     # Per kind of record. The drop sensor aggregates per poll (one record per reason,
     # interface and port per second), so a real window holds far fewer than this.
     MAX_RECORDS = 50_000

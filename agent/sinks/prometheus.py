@@ -8,7 +8,11 @@ Metrics:
   netagent_drops_total{reason,interface}          packets dropped by the kernel
   netagent_drop_bytes_total{reason,interface}     their bytes
   netagent_events_total{dataset}                  events emitted by the pipeline
-  netagent_events_lost_total{place}               kernel | queue | sink | spool
+  netagent_events_lost_total{place,sensor}        kernel | queue | sink | spool; sensor="" when the
+                                                  loss is not one sensor's (sinks, spool, retired sensors)
+  netagent_processor_failures_total               events a pipeline processor failed on (passed on as they were)
+  netagent_findings_active / _raised_total / _rule_errors_total / _records_evicted_total   the correlator
+  netagent_sensor_notes_total{sensor}             remarks a sensor made on how it runs (heartbeat: notes)
   netagent_sink_events_lost_total{sink,type}      per-sink share of sink/spool losses
   netagent_sink_up{sink,type}                     0 while the sink's target fails
   netagent_sensor_up{sensor,attach_path}          1 attached, 0 off or failing
@@ -172,11 +176,12 @@ class _AgentCollector:
             events.add_metric([dataset], n)
         yield events
         lost = CounterMetricFamily("netagent_events_lost",
-                                   "Events lost, by where: kernel buffers, pipeline queue, sink buffers, spool",
-                                   labels=["place"])
-        for place, n in sorted(snap.get("lost", {}).items()):
-            lost.add_metric([place], n)
+                                   "Events lost, by where (kernel buffers, pipeline queue, sink buffers, spool) and "
+                                   "by sensor (empty: not one sensor's)", labels=["place", "sensor"])
+        for (place, sensor), n in sorted(losses_by_sensor(snap).items()):
+            lost.add_metric([place, sensor], n)
         yield lost
+        yield from _processing_metrics(snap.get("processing") or {})
         sink_lost = CounterMetricFamily("netagent_sink_events_lost", "Events a sink lost, by sink and place",
                                         labels=["sink", "type", "place"])
         sink_up = GaugeMetricFamily("netagent_sink_up", "1 while the sink delivers, 0 after recent failures",
@@ -189,9 +194,14 @@ class _AgentCollector:
         yield sink_up
         sensors = GaugeMetricFamily("netagent_sensor_up", "1 if the sensor is attached and polling, 0 if off",
                                     labels=["sensor", "attach_path"])
+        notes = CounterMetricFamily("netagent_sensor_notes", "Remarks a sensor made on how it runs "
+                                    "(degraded modes such as conntrack counters only; the heartbeat has the text)",
+                                    labels=["sensor"])
         for s in snap.get("sensors", []):
             sensors.add_metric([s["name"], s.get("attach_path") or ""], 1 if s.get("state") == "on" else 0)
+            notes.add_metric([s["name"]], s.get("notes_total", 0))
         yield sensors
+        yield notes
         if "queue_depth" in snap:
             yield GaugeMetricFamily("netagent_queue_events", "Events waiting in the pipeline queue",
                                     value=snap["queue_depth"])
@@ -203,3 +213,38 @@ class _AgentCollector:
                                     value=1 if snap["config_reload_ok"] else 0)
         yield GaugeMetricFamily("netagent_start_time_seconds", "Start time of the agent (Unix seconds)",
                                 value=snap.get("start_time", 0))
+
+
+def losses_by_sensor(snap: dict) -> dict[tuple[str, str], int]:
+    """(place, sensor) -> count. A sensor's own kernel losses and the queue losses of its
+    events carry its name; the rest of each place's total has sensor "" (so summing over
+    sensor gives the place's total, as before the label existed)."""
+    out: dict[tuple[str, str], int] = {}
+    for s in snap.get("sensors", []):
+        parts = dict(s.get("lost") or {})
+        if s.get("queue_lost"):
+            parts["queue"] = parts.get("queue", 0) + s["queue_lost"]
+        for place, n in parts.items():
+            if n:
+                out[(place, s["name"])] = out.get((place, s["name"]), 0) + n
+    for place, total in snap.get("lost", {}).items():
+        named = sum(n for (p, _), n in out.items() if p == place)
+        out[(place, "")] = max(0, total - named)
+    return out
+
+
+def _processing_metrics(processing: dict):
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if "failed" in processing:
+        yield CounterMetricFamily("netagent_processor_failures", "Events a pipeline processor (enrichment, "
+                                  "correlation) failed on; they were passed on unprocessed", value=processing["failed"])
+    findings = processing.get("findings")
+    if isinstance(findings, dict) and "active" in findings:
+        yield GaugeMetricFamily("netagent_findings_active", "Findings raised and not yet cleared",
+                                value=findings["active"])
+        yield CounterMetricFamily("netagent_findings_raised", "Findings raised", value=findings.get("raised", 0))
+        yield CounterMetricFamily("netagent_findings_rule_errors", "Correlation rule failures (bugs; the heartbeat "
+                                  "has the last errors)", value=findings.get("rule_errors", 0))
+        yield CounterMetricFamily("netagent_findings_records_evicted", "Events the correlator forgot inside its "
+                                  "window because of its record bound", value=findings.get("records_evicted", 0))

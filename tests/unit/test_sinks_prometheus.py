@@ -73,20 +73,35 @@ def test_label_cardinality_is_bounded(sink):
 def test_agent_snapshot_is_exported(sink):
     sink.observe_agent(lambda: {
         "by_dataset": {"netagent.drops": 12, "netagent.agent": 3},
-        "lost": {"kernel": 4, "queue": 0, "sink": 7, "spool": 1},
+        "lost": {"kernel": 4, "queue": 5, "sink": 7, "spool": 1},
         "sinks": [{"name": "syslog", "type": "syslog", "lost": {"sink": 7, "spool": 1}, "healthy": False}],
-        "sensors": [{"name": "drops", "state": "on", "attach_path": "tracepoint skb:kfree_skb"},
-                    {"name": "conntrack", "state": "off", "attach_path": None}],
+        "sensors": [{"name": "drops", "state": "on", "attach_path": "tracepoint skb:kfree_skb",
+                     "lost": {"kernel": 3}, "queue_lost": 2},
+                    {"name": "conntrack", "state": "on", "attach_path": "counters", "lost": {"kernel": 1},
+                     "notes": ["per-packet part failed: no kprobes; counters only"], "notes_total": 1},
+                    {"name": "dns", "state": "off", "attach_path": None}],
+        "processing": {"failed": 6, "findings": {"evaluations": 9, "active": 2, "raised": 3, "cleared": 1,
+                                                 "rule_errors": 1, "last_errors": ["rule x: bug"], "records": 10,
+                                                 "records_evicted": 8}},
         "queue_depth": 2, "queue_capacity": 100, "config_reload_ok": False, "start_time": 1700000000.0,
     })
     m = scrape(sink)
     assert m[("netagent_events_total", (("dataset", "netagent.drops"),))] == 12
-    assert m[("netagent_events_lost_total", (("place", "kernel"),))] == 4
-    assert m[("netagent_events_lost_total", (("place", "spool"),))] == 1
+    # every loss by place and sensor; "" is the part that is no one sensor's
+    lost = {(dict(labels)["place"], dict(labels)["sensor"]): v for (name, labels), v in m.items()
+            if name == "netagent_events_lost_total"}
+    assert lost == {("kernel", "drops"): 3, ("kernel", "conntrack"): 1, ("kernel", ""): 0,
+                    ("queue", "drops"): 2, ("queue", ""): 3, ("sink", ""): 7, ("spool", ""): 1}
+    assert m[("netagent_processor_failures_total", ())] == 6
+    assert m[("netagent_findings_active", ())] == 2
+    assert m[("netagent_findings_rule_errors_total", ())] == 1
+    assert m[("netagent_findings_records_evicted_total", ())] == 8
+    assert m[("netagent_sensor_notes_total", (("sensor", "conntrack"),))] == 1
+    assert m[("netagent_sensor_notes_total", (("sensor", "drops"),))] == 0
     assert m[("netagent_sink_events_lost_total", (("place", "sink"), ("sink", "syslog"), ("type", "syslog")))] == 7
     assert m[("netagent_sink_up", (("sink", "syslog"), ("type", "syslog")))] == 0
     assert m[("netagent_sensor_up", (("attach_path", "tracepoint skb:kfree_skb"), ("sensor", "drops")))] == 1
-    assert m[("netagent_sensor_up", (("attach_path", ""), ("sensor", "conntrack")))] == 0
+    assert m[("netagent_sensor_up", (("attach_path", ""), ("sensor", "dns")))] == 0
     assert m[("netagent_queue_events", ())] == 2
     assert m[("netagent_config_last_reload_successful", ())] == 0
     assert ("process_resident_memory_bytes", ()) in m
