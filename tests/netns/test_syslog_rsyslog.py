@@ -17,6 +17,7 @@ tests do the same and bound the number of repeats.
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 
@@ -95,7 +96,7 @@ def start_agent(config):
 def stop_agent(agent) -> int:
     """SIGTERM; returns how many events the run emitted (from its final line)."""
     code, elapsed = agent.stop(timeout=20)
-    err = "".join(agent.stderr_lines)
+    err = "\n".join(agent.messages())
     assert code == 0, err
     m = re.search(r"stopped \(SIGTERM\): (\d+) events emitted, lost: (.*)", err)
     assert m, err
@@ -304,3 +305,67 @@ def test_rsyslog_lab_leaves_no_process_behind(tmp_path, certs):
     pid = rs.proc.pid
     rs.stop()
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_full_spool_disk_while_collector_down_counts_losses_and_resumes(tmp_path, rsyslog, dropping_ns, certs):
+    """The spool lives on a small tmpfs that fills up (ENOSPC) while rsyslog is down.
+    Events that cannot be spooled are counted as `spool` losses with the cause;
+    when the collector comes back (disk still full: even the cursor cannot be
+    written) and then the space returns, delivery resumes by itself, and every
+    event either reached rsyslog or is counted: the missing sequence numbers
+    are exactly the counted spool losses."""
+    disk = tmp_path / "spooldisk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(disk)], check=True)
+    try:
+        config = write_config(tmp_path, dropping_ns, rsyslog.address, certs.ca,
+                              spool_dir=str(disk / "spool"), spool_max_bytes="64MB")
+        agent = start_agent(config)
+        try:
+            wait_said(agent, "connected (TLS")
+            assert wait_until(lambda: drops_received(rsyslog) >= 10)
+            rsyslog.stop()
+            wait_said(agent, "cannot deliver")
+            fill(disk / "filler")  # the disk is full now: the spool gets ENOSPC
+            line = wait_said(agent, "cannot write (ENOSPC", timeout=30)
+            assert "counted at 'spool'" in line
+            rsyslog.start()  # the collector is back while the disk is still full
+            wait_said(agent, "spooled events first, in order", timeout=30)
+            os.unlink(disk / "filler")  # and the space returns
+            mark = drops_received(rsyslog)
+            assert wait_until(lambda: drops_received(rsyslog) >= mark + 50, timeout=30), \
+                "delivery goes on once the space is back"
+            assert agent.proc.poll() is None
+        finally:
+            code, _ = agent.stop(timeout=20)
+        assert code == 0, "".join(agent.stderr_lines)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    msgs = "\n".join(agent.messages())
+    m = re.search(r"stopped \(SIGTERM\): (\d+) events emitted, lost: kernel 0, queue 0, sink 0, spool (\d+)", msgs)
+    assert m, msgs
+    emitted, lost_spool = int(m.group(1)), int(m.group(2))
+    assert lost_spool > 0, "the full disk cost events, and they are counted"
+    assert "watchdog" not in msgs, "no thread failed"
+    events = [e for _, e in received(rsyslog)]
+    got = {e["event"]["sequence"] for e in events}
+    missing = set(range(1, emitted + 1)) - got
+    assert len(missing) == lost_spool, "every event is delivered or counted as a spool loss, exactly"
+    assert got <= set(range(1, emitted + 1))
+    # the heartbeats said why: spool losses by cause, in the sink's status
+    causes = [s["lost_causes"]["spool"] for e in events if e["event"]["action"] == "heartbeat"
+              for s in e["netagent"]["agent"]["sinks"] if s["type"] == "syslog"]
+    assert any(c.get("ENOSPC", 0) > 0 for c in causes), causes
+    stopped = next(e for e in events if e["event"]["action"] == "agent-stopped")
+    assert stopped["netagent"]["agent"]["lost"]["spool"] == lost_spool
+
+
+def fill(path):
+    """Write zeros until the filesystem refuses: nothing is left on it."""
+    with open(path, "wb", buffering=0) as f:
+        for chunk in (65536, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError:
+                pass
