@@ -1,51 +1,76 @@
 """Facts about loaded BPF programs that BCC does not expose (via bpf(2))."""
 
-import ctypes
-import ctypes.util
 import os
+from dataclasses import dataclass
 
+from netagent import bpfsys
 from netagent.btf import BtfError, kernel_btf
 
-_SYS_BPF = 321  # x86_64
-BPF_OBJ_GET_INFO_BY_FD = 15
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
-
-class _InfoAttr(ctypes.Structure):
-    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+def _prog_info_field(prog_fd: int, field: str, size: int = 8) -> int | None:
+    """One integer member of bpf_prog_info, at its offset in this kernel's BTF; None when absent."""
+    try:
+        btf = kernel_btf()
+        total = btf.size(btf.struct_id("bpf_prog_info"))
+        offset = btf.member_offset("bpf_prog_info", field)
+    except BtfError:
+        return None
+    try:
+        raw = bpfsys.obj_info(prog_fd, total)
+    except OSError:
+        return None
+    return int.from_bytes(raw[offset:offset + size], "little")
 
 
 def prog_recursion_misses(prog_fd: int) -> int | None:
     """How many times the kernel skipped this program because another BPF
     program was already running on that CPU (bpf_prog_info.recursion_misses).
     Each miss is a drop we did not see; None when the kernel does not say."""
+    return _prog_info_field(prog_fd, "recursion_misses")
+
+
+@dataclass
+class ProgStats:
+    prog_id: int
+    name: str
+    run_time_ns: int
+    run_cnt: int
+
+
+def prog_stats(prog_fd: int) -> ProgStats | None:
+    """Cumulative run time and run count (counted while kernel.bpf_stats_enabled = 1)."""
     try:
         btf = kernel_btf()
-        size = btf.size(btf.struct_id("bpf_prog_info"))
-        offset = btf.member_offset("bpf_prog_info", "recursion_misses")
-    except BtfError:
+        total = btf.size(btf.struct_id("bpf_prog_info"))
+        offs = {f: btf.member_offset("bpf_prog_info", f) for f in ("id", "name", "run_time_ns", "run_cnt")}
+        raw = bpfsys.obj_info(prog_fd, total)
+    except (BtfError, OSError):
         return None
-    buf = ctypes.create_string_buffer(size)
-    attr = _InfoAttr(prog_fd, size, ctypes.addressof(buf))
-    if _libc.syscall(_SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-        return None
-    return int.from_bytes(buf.raw[offset : offset + 8], "little")
+
+    def u(field, size=8):
+        return int.from_bytes(raw[offs[field]:offs[field] + size], "little")
+
+    name = raw[offs["name"]:offs["name"] + 16].split(b"\0", 1)[0].decode(errors="replace")
+    return ProgStats(u("id", 4), name, u("run_time_ns"), u("run_cnt"))
+
+
+def all_prog_stats() -> list[ProgStats]:
+    """ProgStats of every program loaded on the node."""
+    out = []
+    for prog_id in bpfsys.prog_ids():
+        try:
+            fd = bpfsys.prog_fd_by_id(prog_id)
+        except OSError:
+            continue  # unloaded in between
+        try:
+            stats = prog_stats(fd)
+        finally:
+            os.close(fd)
+        if stats is not None:
+            out.append(stats)
+    return out
 
 
 def loaded_program_ids() -> set[int]:
     """IDs of every BPF program loaded on this node (BPF_PROG_GET_NEXT_ID)."""
-    BPF_PROG_GET_NEXT_ID = 11
-
-    class _NextAttr(ctypes.Structure):
-        _fields_ = [("start_id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
-
-    ids, current = set(), 0
-    while True:
-        attr = _NextAttr(current, 0, 0)
-        if _libc.syscall(_SYS_BPF, BPF_PROG_GET_NEXT_ID, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-            err = ctypes.get_errno()
-            if err == 2:  # ENOENT: end of list
-                return ids
-            raise OSError(err, os.strerror(err))
-        current = attr.next_id
-        ids.add(current)
+    return set(bpfsys.prog_ids())

@@ -10,12 +10,15 @@ buffers, which loses and double-counts nothing (see drops.bpf.c).
 
 import ctypes
 import ipaddress
+import platform
 import time
 from dataclasses import dataclass, field
 
 from netagent import netns as netns_mod
+from netagent import bpfchild, bpfsys
 from netagent.bccloader import compile_program
 from netagent.bpfinfo import prog_recursion_misses
+from netagent import btf as btf_mod
 from netagent.btf import BtfError, kernel_btf
 from netagent.configschema import one_of
 from netagent.errors import ProbeUnavailable, UsageError
@@ -30,8 +33,10 @@ from netagent.tracefs import TracepointFormat, ensure_tracefs, tracepoint_format
 TRACEPOINT = ("skb", "kfree_skb")
 ATTACH_TRACEPOINT = "tracepoint skb:kfree_skb"
 ATTACH_RAW_TRACEPOINT = "raw_tracepoint skb:kfree_skb"
+ATTACH_TP_BTF = "tp_btf skb:kfree_skb"
 # --attach / [sensors.drops] attach: "auto" takes the first this kernel offers, in this order.
-ATTACH_MODES = ("auto", "raw_tracepoint", "tracepoint", "kprobe")
+# tp_btf first: the cheapest per drop (plain loads from the BTF-typed sk_buff).
+ATTACH_MODES = ("auto", "tp_btf", "raw_tracepoint", "tracepoint", "kprobe")
 # Kernel functions a drop passes through, newest first: 6.11+ sk_skb_reason_drop(sk, skb, reason),
 # 5.17-6.10 kfree_skb_reason(skb, reason).
 KPROBE_FUNCTIONS = ("sk_skb_reason_drop", "kfree_skb_reason")
@@ -258,7 +263,7 @@ class DropSensor(Sensor):
         self.max_flows = max_flows
         self.announce = announce  # callable(str) for operator notes (stderr)
         self.attach_path: str | None = None
-        self._bpf = None
+        self._loaded: bpfchild.LoadedProgram | None = None
         self._buffers = None
         self._active = 0
         self._reasons: dict[int, str] = {}
@@ -310,6 +315,11 @@ class DropSensor(Sensor):
                 except ProbeUnavailable:
                     continue
             raise ProbeUnavailable(f"drop sensor: {no_tracepoint} and {self._kprobe_problem()}")
+        if mode == "tp_btf":
+            if fmt is None or not self._raw_positions:
+                why = no_tracepoint if fmt is None else "no BTF description of the tracepoint (btf_trace_kfree_skb)"
+                raise ProbeUnavailable(f"attach path tp_btf is not available on this kernel: {why}")
+            return ATTACH_TP_BTF, b"on_kfree_skb_btf", None
         if mode == "raw_tracepoint":
             if fmt is None or not self._raw_positions:
                 why = no_tracepoint if fmt is None else "no BTF description of the tracepoint (btf_trace_kfree_skb)"
@@ -329,6 +339,8 @@ class DropSensor(Sensor):
         why = kprobes_unavailable_reason()
         if why:
             return why
+        if _kprobe_return_from() == 0:
+            return f"the drop location (return address) is not known for architecture {platform.machine()}"
         if kprobe_target(self._symbolizer) is None:
             return f"none of {', '.join(KPROBE_FUNCTIONS)} is in /proc/kallsyms"
         return None
@@ -356,28 +368,43 @@ class DropSensor(Sensor):
         path, program, function = self._plan_attach(fmt)  # a path this kernel lacks: before compiling
         if function is not None:
             self._has_reason = True  # the kprobe reads the reason argument itself
-        bpf = self.compile(fmt)
+        macros, prelude = self._build_macros(fmt)
+        setup = [{"map": "active_flows", "key": 0, "map_fd": "flows_a"}]
+        setup += [{"map": "reason_filter", "key": v, "value": "01"} for v in wanted_reasons if v < MAX_REASONS]
         try:
-            self._buffers = (bpf[b"flows_a"], bpf[b"flows_b"])
-            bpf[b"active_flows"][ctypes.c_int(0)] = ctypes.c_int(self._buffers[0].get_fd())
-            self._active = 0
-            if wanted_reasons:
-                table = bpf[b"reason_filter"]
-                for value in wanted_reasons:
-                    if value < MAX_REASONS:
-                        table[ctypes.c_int(value)] = ctypes.c_uint8(1)
-            if program == b"on_kfree_skb_raw":
-                bpf.attach_raw_tracepoint(tp=TRACEPOINT[1].encode(), fn_name=program)
-            elif program == b"on_kfree_skb":
-                bpf.attach_tracepoint(tp=":".join(TRACEPOINT).encode(), fn_name=program)
-            else:
-                bpf.attach_kprobe(event=function.encode(), fn_name=program)
-            self.attach_path, self._program = path, program
-        except BaseException:
-            bpf.cleanup()  # undo partial setup
-            raise
-        self._bpf = bpf
+            loaded = self._load(path, program, function, macros, prelude, setup)
+        except ProbeUnavailable:
+            if self.attach_mode != "auto" or program != b"on_kfree_skb_btf":
+                raise
+            # A kernel that describes the tracepoint in BTF but refuses tp_btf programs.
+            path, program, function = self._plan_attach(fmt, "raw_tracepoint")
+            loaded = self._load(path, program, function, macros, prelude, setup)
+        self._loaded, self._active = loaded, 0
+        self._buffers = (loaded.maps["flows_a"], loaded.maps["flows_b"])
+        self.attach_path, self._program = path, program
         return self.attach_path
+
+    def _load(self, path, program, function, macros, prelude, setup) -> bpfchild.LoadedProgram:
+        """Compile, load and attach in a child process (bpfchild.py); keep the descriptors."""
+        kind = path.split()[0]
+        target = {"tp_btf": TRACEPOINT[1], "raw_tracepoint": TRACEPOINT[1],
+                  "tracepoint": ":".join(TRACEPOINT)}.get(kind, function)
+        spec = bpfchild.ProgramSpec("drops", program.decode(), kind, target, macros, prelude,
+                                    maps=["flows_a", "flows_b", "active_flows", "overflow"], setup=setup,
+                                    attach_btf_id=self._tp_btf_id() if kind == "tp_btf" else 0)
+        loaded = bpfchild.load(spec)
+        if loaded.maps["flows_a"].key_size != ctypes.sizeof(FlowKey):
+            loaded.close()
+            raise ProbeUnavailable(f"drops.bpf.c flow key is {loaded.maps['flows_a'].key_size} bytes, "
+                                   f"drops.py expects {ctypes.sizeof(FlowKey)}")
+        return loaded
+
+    @staticmethod
+    def _tp_btf_id() -> int:
+        try:
+            return kernel_btf().find(f"btf_trace_{TRACEPOINT[1]}", btf_mod.TYPEDEF)
+        except BtfError as exc:
+            raise ProbeUnavailable(f"attach path tp_btf: {exc}") from None
 
     def compile(self, fmt: TracepointFormat | None):
         """Compile drops.bpf.c for this kernel and these filters (no load, no attach)."""
@@ -385,7 +412,7 @@ class DropSensor(Sensor):
         return compile_program("drops", macros, prelude)
 
     def poll(self) -> list[dict]:
-        if self._bpf is None:
+        if self._loaded is None:
             return []
         flows = self._swap_and_drain()
         now = time.time()
@@ -401,11 +428,11 @@ class DropSensor(Sensor):
         return events
 
     def detach(self) -> None:
-        if self._bpf is not None:
+        if self._loaded is not None:
             try:
-                self._bpf.cleanup()
+                self._loaded.close()  # closing the link detaches; the last fd frees program and maps
             finally:
-                self._bpf = None
+                self._loaded = None
                 self._buffers = None
 
     def losses(self) -> dict[str, int]:
@@ -452,6 +479,8 @@ class DropSensor(Sensor):
         macros["KPROBE_SKB_ARG"] = target[1] if target else 1
         if self._raw_positions:
             macros.update(self._raw_positions)
+        macros["KPROBE_RETURN_FROM"] = _kprobe_return_from()
+        macros["USE_TICK_CLOCK"] = 1
         macros["MAX_FLOWS"] = self.max_flows
         macros["MAX_REASONS"] = MAX_REASONS
         macros.update(self._filter_macros())
@@ -494,26 +523,73 @@ class DropSensor(Sensor):
             m.setdefault(f"FILTER_HOST_W{i}", "0U")
         return m
 
-    def _swap_and_drain(self):
+    def _swap_and_drain(self) -> list[tuple["FlowKey", "FlowVal"]]:
         """Point the program at the other buffer, then empty the old one.
 
         The update of the array-of-maps slot returns only after an RCU grace
         period, i.e. after every program that could still be writing into the
-        old buffer has finished; reading then clearing it is exact.
+        old buffer has finished; reading then clearing it is exact. One batch
+        call reads and clears it; the per-CPU copies are summed here.
         """
         old = self._buffers[self._active]
         self._active ^= 1
         new = self._buffers[self._active]
-        self._bpf[b"active_flows"][ctypes.c_int(0)] = ctypes.c_int(new.get_fd())
-        items = [(k, v) for k, v in old.items()]
-        old.clear()
-        return items
+        self._loaded.maps["active_flows"].update(b"\0\0\0\0", new.fd.to_bytes(4, "little"))
+        return [(FlowKey.from_buffer_copy(k), sum_per_cpu(old.per_cpu_values(v))) for k, v in old.drain()]
 
     def _update_losses(self) -> None:
-        total = sum(int(v.count) for v in self._bpf[b"overflow"][ctypes.c_int(0)])
-        self._lost_map_full = total
-        fn = self._bpf.funcs.get(self._program)
-        if fn is not None:
-            misses = prog_recursion_misses(fn.fd)
-            if misses is not None:
-                self._lost_recursion = misses
+        raw = self._loaded.maps["overflow"].lookup(b"\0\0\0\0")
+        if raw is not None:
+            self._lost_map_full = sum_per_cpu(self._loaded.maps["overflow"].per_cpu_values(raw)).count
+        misses = prog_recursion_misses(self._loaded.prog_fd)
+        if misses is not None:
+            self._lost_recursion = misses
+
+    @property
+    def prog_fd(self) -> int | None:
+        """The loaded program's descriptor (benchmarks read its run-time statistics)."""
+        return self._loaded.prog_fd if self._loaded is not None else None
+
+
+class FlowKey(ctypes.Structure):
+    """struct flow_key of drops.bpf.c (checked against the map's key size at attach)."""
+
+    _fields_ = [("netns", ctypes.c_uint32), ("ifindex", ctypes.c_uint32), ("reason", ctypes.c_uint32),
+                ("l3", ctypes.c_uint16), ("l4", ctypes.c_uint8), ("pad", ctypes.c_uint8),
+                ("location", ctypes.c_uint64), ("saddr", ctypes.c_uint32 * 4), ("daddr", ctypes.c_uint32 * 4),
+                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16), ("pad2", ctypes.c_uint32)]
+
+
+class FlowVal(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_uint64), ("bytes", ctypes.c_uint64), ("first_ns", ctypes.c_uint64),
+                ("last_ns", ctypes.c_uint64)]
+
+
+def sum_per_cpu(copies: list[bytes]) -> FlowVal:
+    """One flow from its per-CPU copies: counts add up; the earliest first
+    time and the latest last time of the CPUs that saw it (zero = never)."""
+    total = FlowVal()
+    firsts = []
+    for raw in copies:
+        v = FlowVal.from_buffer_copy(raw)
+        total.count += v.count
+        total.bytes += v.bytes
+        if v.first_ns:
+            firsts.append(v.first_ns)
+        total.last_ns = max(total.last_ns, v.last_ns)
+    total.first_ns = min(firsts) if firsts else total.last_ns
+    return total
+
+
+def _kprobe_return_from() -> int:
+    """KPROBE_RETURN_FROM for drops.bpf.c: where this architecture keeps a
+    kprobed function's return address; 0 = unknown (kprobe path refused)."""
+    try:
+        where = bpfsys.current_arch().kprobe_return
+    except ProbeUnavailable:
+        return 0
+    if where == "stack":
+        return 1
+    if where == "lr":
+        return 2 if platform.machine() == "aarch64" else 3
+    return 0

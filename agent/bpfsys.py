@@ -1,0 +1,299 @@
+"""The bpf(2) system call, without BCC or LLVM in the process.
+
+The daemon keeps only file descriptors of loaded programs, maps and links
+(see bpfchild.py); everything it does with them afterwards (read and clear
+maps, read program facts) goes through these few commands. System call
+numbers differ per architecture: they come from ARCHES, and an architecture
+not in the table is refused with one clear line instead of calling a wrong
+system call.
+
+Layouts: include/uapi/linux/bpf.h (union bpf_attr), stable kernel ABI.
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import platform
+from dataclasses import dataclass
+
+from netagent.errors import ProbeUnavailable
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    sys_bpf: int
+    # Where a kprobe at function entry finds the caller's return address:
+    # "stack" = the word at the stack pointer (x86-64 CALL pushes it);
+    # "lr" = the link register (arm64 x30, riscv ra). See drops.bpf.c.
+    kprobe_return: str
+
+
+# From each architecture's unistd table (arch/*/include/uapi/asm/unistd*.h,
+# include/uapi/asm-generic/unistd.h for the generic-syscall ones).
+ARCHES = {
+    "x86_64": Arch("x86_64", 321, "stack"),
+    "aarch64": Arch("aarch64", 280, "lr"),
+    "riscv64": Arch("riscv64", 280, "lr"),
+    "loongarch64": Arch("loongarch64", 280, ""),
+    "s390x": Arch("s390x", 351, ""),
+    "ppc64le": Arch("ppc64le", 361, ""),
+}
+
+# enum bpf_cmd
+MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY, PROG_LOAD = 1, 2, 3, 4, 5
+PROG_GET_NEXT_ID, PROG_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD = 11, 13, 15
+RAW_TRACEPOINT_OPEN = 17
+MAP_LOOKUP_AND_DELETE_BATCH = 25
+# enum bpf_prog_type / bpf_attach_type values used here
+PROG_TYPE_TRACING = 26
+TRACE_RAW_TP = 23
+# map update flags
+BPF_ANY, BPF_NOEXIST = 0, 1
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def current_arch() -> Arch:
+    """This machine's entry in ARCHES, or ProbeUnavailable naming the ones known."""
+    machine = platform.machine()
+    arch = ARCHES.get(machine)
+    if arch is None:
+        raise ProbeUnavailable(f"bpf(2) system call number unknown for architecture {machine!r} "
+                               f"(netagent knows {', '.join(sorted(ARCHES))})")
+    return arch
+
+
+def bpf(cmd: int, attr: ctypes.Structure) -> int:
+    """bpf(cmd, &attr, sizeof attr); OSError(errno) on failure."""
+    rc = _libc.syscall(current_arch().sys_bpf, ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr)))
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(rc)
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32), ("prog_btf_fd", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64), ("func_info_cnt", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32), ("line_info", ctypes.c_uint64), ("line_info_cnt", ctypes.c_uint32),
+        ("attach_btf_id", ctypes.c_uint32), ("attach_prog_fd", ctypes.c_uint32),
+    ]
+
+
+def prog_load(prog_type: int, insns: bytes, *, name: str, license: str = "GPL", expected_attach_type: int = 0,
+              attach_btf_id: int = 0) -> int:
+    """Load BPF bytecode; returns the program fd.
+
+    On refusal the load is repeated with a verifier log, and the error names
+    the verifier's last lines, which say why.
+    """
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+
+    def attempt(log_level: int, log) -> int:
+        attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=ctypes.addressof(code),
+                             license=ctypes.addressof(lic), prog_name=name.encode()[:15],
+                             expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id)
+        if log is not None:
+            attr.log_level, attr.log_size, attr.log_buf = log_level, len(log), ctypes.addressof(log)
+        return bpf(PROG_LOAD, attr)
+
+    try:
+        return attempt(0, None)
+    except OSError as first:
+        if first.errno == errno.EPERM:
+            raise
+        log = ctypes.create_string_buffer(1 << 20)
+        try:
+            return attempt(1, log)
+        except OSError as exc:
+            lines = [ln for ln in log.value.decode(errors="replace").splitlines() if ln.strip()]
+            tail = "; ".join(lines[-3:]) if lines else exc.strerror
+            raise OSError(exc.errno, f"{exc.strerror}: verifier: {tail}") from None
+
+
+class _RawTpAttr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("cookie", ctypes.c_uint64)]
+
+
+def raw_tracepoint_open(prog_fd: int, name: str | None = None) -> int:
+    """Attach a raw-tracepoint (name given) or BTF-typed tracing program (name None,
+    target from its attach_btf_id); returns the link fd. Closing it detaches."""
+    buf = ctypes.create_string_buffer(name.encode()) if name else None
+    attr = _RawTpAttr(name=ctypes.addressof(buf) if buf is not None else 0, prog_fd=prog_fd)
+    return bpf(RAW_TRACEPOINT_OPEN, attr)
+
+
+# -- maps ----------------------------------------------------------------------------
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
+                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64), ("keys", ctypes.c_uint64),
+                ("values", ctypes.c_uint64), ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs: the per-CPU value count of a per-CPU map."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return count
+
+
+class RawMap:
+    """A BPF map by fd: element access and draining with bpf(2) only.
+
+    For per-CPU maps a value is `value_size` rounded to 8 bytes, once per
+    possible CPU, as the kernel copies them out.
+    """
+
+    def __init__(self, fd: int, key_size: int, value_size: int, max_entries: int, per_cpu: bool = False,
+                 name: str = ""):
+        self.fd, self.key_size, self.max_entries, self.name = fd, key_size, max_entries, name
+        self.value_size = value_size
+        self.cpus = possible_cpus() if per_cpu else 1
+        self.stride = ((value_size + 7) // 8) * 8 if per_cpu else value_size
+        self.value_bytes = self.stride * self.cpus
+        self._batch_ok = True
+
+    def lookup(self, key: bytes) -> bytes | None:
+        k = ctypes.create_string_buffer(key, self.key_size)
+        v = ctypes.create_string_buffer(self.value_bytes)
+        try:
+            bpf(MAP_LOOKUP_ELEM, _ElemAttr(self.fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        return v.raw
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        k = ctypes.create_string_buffer(key, self.key_size)
+        v = ctypes.create_string_buffer(value, len(value))
+        bpf(MAP_UPDATE_ELEM, _ElemAttr(self.fd, 0, ctypes.addressof(k), ctypes.addressof(v), flags))
+
+    def delete(self, key: bytes) -> None:
+        k = ctypes.create_string_buffer(key, self.key_size)
+        try:
+            bpf(MAP_DELETE_ELEM, _ElemAttr(self.fd, 0, ctypes.addressof(k), 0, 0))
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+
+    def keys(self) -> list[bytes]:
+        out, prev = [], None
+        nxt = ctypes.create_string_buffer(self.key_size)
+        while True:
+            cur = ctypes.create_string_buffer(prev, self.key_size) if prev is not None else None
+            attr = _ElemAttr(self.fd, 0, ctypes.addressof(cur) if cur is not None else 0, ctypes.addressof(nxt), 0)
+            try:
+                bpf(MAP_GET_NEXT_KEY, attr)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return out
+                raise
+            prev = nxt.raw
+            out.append(prev)
+
+    def drain(self) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of a map no program writes to any more, removing them.
+
+        One BPF_MAP_LOOKUP_AND_DELETE_BATCH call per max_entries elements; an
+        element-by-element walk on kernels without batch operations.
+        """
+        if self._batch_ok:
+            try:
+                return self._drain_batch()
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOTSUP, 524):  # 524: ENOTSUPP (kernel-internal)
+                    raise
+                self._batch_ok = False
+        items = []
+        for key in self.keys():
+            value = self.lookup(key)
+            if value is not None:
+                items.append((key, value))
+            self.delete(key)
+        return items
+
+    def _drain_batch(self) -> list[tuple[bytes, bytes]]:
+        n = max(self.max_entries, 1)
+        keys = ctypes.create_string_buffer(n * self.key_size)
+        values = ctypes.create_string_buffer(n * self.value_bytes)
+        token = ctypes.create_string_buffer(8)  # hash maps: an opaque u32 bucket cursor
+        items: list[tuple[bytes, bytes]] = []
+        first = True
+        while True:
+            attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(token), out_batch=ctypes.addressof(token),
+                              keys=ctypes.addressof(keys), values=ctypes.addressof(values), count=n, map_fd=self.fd)
+            done = False
+            try:
+                bpf(MAP_LOOKUP_AND_DELETE_BATCH, attr)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                done = True
+            got = attr.count
+            kraw, vraw = keys.raw, values.raw
+            for i in range(got):
+                items.append((kraw[i * self.key_size:(i + 1) * self.key_size],
+                              vraw[i * self.value_bytes:(i + 1) * self.value_bytes]))
+            if done:
+                return items
+            first = False
+
+    def per_cpu_values(self, value: bytes) -> list[bytes]:
+        return [value[i * self.stride:i * self.stride + self.value_size] for i in range(self.cpus)]
+
+
+# -- program facts --------------------------------------------------------------------
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+def obj_info(fd: int, size: int) -> bytes:
+    """The first `size` bytes of bpf_{prog,map,link}_info of an fd."""
+    buf = ctypes.create_string_buffer(size)
+    bpf(OBJ_GET_INFO_BY_FD, _InfoAttr(fd, size, ctypes.addressof(buf)))
+    return buf.raw
+
+
+class _IdAttr(ctypes.Structure):
+    _fields_ = [("start_id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
+
+
+def prog_ids() -> list[int]:
+    """IDs of every BPF program loaded on this node (BPF_PROG_GET_NEXT_ID)."""
+    ids, current = [], 0
+    while True:
+        attr = _IdAttr(current, 0, 0)
+        try:
+            bpf(PROG_GET_NEXT_ID, attr)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return ids
+            raise
+        current = attr.next_id
+        ids.append(current)
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return bpf(PROG_GET_FD_BY_ID, _IdAttr(prog_id, 0, 0))
