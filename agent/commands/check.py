@@ -9,6 +9,7 @@ is at least one, 0 when there is none, so cron and CI can act on it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import click
 
 from netagent import netns as netns_mod
 from netagent import overlay
+from netagent.enrich.cli import command_enricher, pod_netns, pod_option
+from netagent.enrich.processors import pod_label
 from netagent.errors import EXIT_FINDINGS, EXIT_OK, AgentError, ProbeUnavailable, UsageError
 from netagent.events import new_event
 from netagent.findings.correlator import drop_record
@@ -94,7 +97,8 @@ def _inventory(ns: netns_mod.Netns) -> list[overlay.InterfaceInfo]:
         raise ProbeUnavailable(f"namespace {ns.name}: cannot list interfaces ({exc.strerror})") from None
 
 
-def gather(namespaces: list[netns_mod.Netns], window: float, rules: RuleConfig, with_drops: bool = False) -> Report:
+def gather(namespaces: list[netns_mod.Netns], window: float, rules: RuleConfig, with_drops: bool = False,
+           enrich=None) -> Report:
     """Everything `check` reports, measured now."""
     report = Report(namespaces, window)
     for ns in namespaces:
@@ -108,6 +112,8 @@ def gather(namespaces: list[netns_mod.Netns], window: float, rules: RuleConfig, 
         after = {ns.inode: _read_netns(ns) for ns in namespaces}
         if sensor is not None:
             report.drop_events = sensor.poll()
+            if enrich is not None:
+                report.drop_events = enrich.enrich_all(report.drop_events)
     finally:
         if sensor is not None:
             sensor.detach()
@@ -282,8 +288,9 @@ def emit_json(report: Report, emitter: JsonLineEmitter, exit_code: int) -> None:
               help="Also watch kernel drops with the BPF drop sensor during the window (root/CAP_BPF).")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
               help="Override a rule threshold, e.g. steal_pct=5 or conntrack_fill_pct=80; repeatable.")
+@pod_option
 @output_option
-def check(netns_specs, window, with_drops, thresholds, output):
+def check(netns_specs, pod, window, with_drops, thresholds, output):
     """One-shot report: interfaces and overlays, counters, and every finding.
 
     Exit status: 0 nothing found, 1 findings, 2 usage, 69 unavailable,
@@ -296,15 +303,22 @@ def check(netns_specs, window, with_drops, thresholds, output):
     if seconds > 300:
         raise UsageError("--window: at most 5m for a one-shot check")
     rules = _parse_thresholds(thresholds)
+    pod_spec, pod_info = pod_netns(pod, netns_specs)
     namespaces: list[netns_mod.Netns] = []
-    for spec in netns_specs or ("",):
+    for spec in ((pod_spec,) if pod_info else netns_specs) or ("",):
         ns = netns_mod.resolve(spec)
+        if pod_info is not None:  # findings and tables name the pod, not pid:N
+            ns = dataclasses.replace(ns, name=pod_label(pod_info))
         if ns.inode not in {n.inode for n in namespaces}:
             namespaces.append(ns)
     host = netns_mod.current()
     if any(ns.inode != host.inode for ns in namespaces) and os.geteuid() != 0:
         require_caps(["CAP_SYS_ADMIN"], "enter another network namespace")
-    report = gather(namespaces, seconds, rules, with_drops)
+    enrich = command_enricher(note)
+    try:
+        report = gather(namespaces, seconds, rules, with_drops, enrich=enrich)
+    finally:
+        enrich.stop()
     code = EXIT_FINDINGS if report.findings else EXIT_OK
     if resolve_output(output) == "table":
         click.echo(render_text(report))

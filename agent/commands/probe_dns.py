@@ -6,7 +6,8 @@ from netagent import netns as netns_mod
 from netagent.dns import report
 from netagent.dns.probe import MODES, run_probe
 from netagent.dns.settings import prepare, unavailable_reason
-from netagent.errors import ProbeUnavailable
+from netagent.enrich.cli import command_enricher, pod_netns, pod_option, pod_resolv_conf
+from netagent.errors import ProbeUnavailable, UsageError
 from netagent.output import JsonLineEmitter, note, output_option, render_table, resolve_output
 from netagent.timefmt import parse_duration
 
@@ -41,6 +42,7 @@ def _interval(ctx, param, value):
               help="Server to query (repeatable). Default: the nameservers of the namespace's resolv.conf.")
 @click.option("--netns", default=None, metavar="NAME|PATH|pid:N",
               help="Probe from inside this network namespace (needs root or CAP_SYS_ADMIN).")
+@pod_option
 @click.option("--resolv-conf", "resolv_conf", default=None, metavar="PATH",
               help="Read this file instead of the namespace's resolv.conf.")
 @click.option("--type", "qtype", default=None, callback=_qtype, metavar="A|AAAA|both",
@@ -60,7 +62,7 @@ def _interval(ctx, param, value):
 @click.option("--all-candidates", is_flag=True,
               help="Query every name of the search expansion, not only those the resolver would reach.")
 @output_option
-def dns(name, servers, netns, resolv_conf, qtype, count, interval, timeout, mode, tcp, all_candidates, output):
+def dns(name, servers, netns, pod, resolv_conf, qtype, count, interval, timeout, mode, tcp, all_candidates, output):
     """Query NAME the way the namespace's stub resolver would, and measure it.
 
     Applies the search list and ndots of the namespace's resolv.conf exactly
@@ -71,6 +73,12 @@ def dns(name, servers, netns, resolv_conf, qtype, count, interval, timeout, mode
     Exit codes: 0 done, 2 bad usage, 69 no server answered, 77 no permission.
     """
     fmt = resolve_output(output)
+    netns, pod_info = pod_netns(pod, netns)
+    if pod_info is not None:
+        if resolv_conf:
+            raise UsageError("--pod already selects the pod's own resolv.conf: leave out --resolv-conf")
+        # the pod's resolver: its own resolv.conf (kubelet's search list and ndots), not the node's
+        resolv_conf = pod_resolv_conf(pod_info)
     prepared = prepare(
         name,
         servers=servers,
@@ -92,8 +100,12 @@ def dns(name, servers, netns, resolv_conf, qtype, count, interval, timeout, mode
         raise ProbeUnavailable(f"DNS probe failed: {exc.strerror or exc}") from None
     if fmt == "json":
         emitter = JsonLineEmitter()
-        for event in report.events(result, prepared.netns.name):
-            emitter.emit(event)
+        enrich = command_enricher(note)
+        try:
+            for event in report.events(result, prepared.netns.name):
+                emitter.emit(enrich(event))
+        finally:
+            enrich.stop()
     else:
         for line in report.summary_lines(result):
             click.echo(line)

@@ -7,14 +7,16 @@ usage or target; 69 target unreachable; 77 not root / no CAP_NET_RAW.
 
 import click
 
+from netagent.enrich.cli import command_enricher, pod_netns, pod_option
 from netagent.errors import EXIT_FINDINGS, ProbeUnavailable
-from netagent.output import DurationParam, JsonLineEmitter, output_option, resolve_output
+from netagent.output import DurationParam, JsonLineEmitter, note, output_option, resolve_output
 
 
 
 @click.command()
 @click.argument("target")
 @click.option("--netns", default="", help="Probe from this namespace: name under /run/netns, a path, or pid:N.")
+@pod_option
 @click.option("--proto", type=click.Choice(["icmp", "udp", "tcp"]), default="icmp", show_default=True,
               help="Probe with ICMP echo, UDP to a closed port, or TCP SYN (firewalls often pass only one).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
@@ -31,7 +33,7 @@ from netagent.output import DurationParam, JsonLineEmitter, output_option, resol
 @click.option("-6", "family", flag_value=6, help="Use the target name's IPv6 address.")
 @click.option("--verbose", "-v", is_flag=True, help="Table view: also list every probe.")
 @output_option
-def mtu(target, netns, proto, port, min_size, max_size, timeout, retries, family, verbose, output):
+def mtu(target, netns, pod, proto, port, min_size, max_size, timeout, retries, family, verbose, output):
     """Find the path MTU to TARGET with DF probes, and say why it is what it is.
 
     Status: ok (the egress MTU passes), icmp (a router announced a smaller
@@ -46,6 +48,7 @@ def mtu(target, netns, proto, port, min_size, max_size, timeout, retries, family
     from netagent.privileges import require_caps
 
     fmt = resolve_output(output)
+    netns, _pod = pod_netns(pod, netns)
     opts = MtuOptions(proto=proto, port=port, min_size=min_size, max_size=max_size, timeout=timeout,
                       retries=retries, family=family)
     opts.validate()
@@ -55,7 +58,11 @@ def mtu(target, netns, proto, port, min_size, max_size, timeout, retries, family
     require_caps(caps, "send raw probe packets" + (" from another namespace" if len(caps) > 1 else ""))
 
     report = probe_path(target, ns, opts)
-    event = to_event(report)
+    enrich = command_enricher(note)
+    try:
+        event = enrich(to_event(report))
+    finally:
+        enrich.stop()
     if fmt == "json":
         JsonLineEmitter().emit(event)
     else:

@@ -7,13 +7,14 @@ from collections import Counter
 import click
 
 from netagent.errors import ProbeUnavailable
-from netagent.output import DurationParam, JsonLineEmitter, endpoint, note, output_option, resolve_output
+from netagent.enrich.cli import command_enricher, pod_netns, pod_option
+from netagent.output import DurationParam, JsonLineEmitter, endpoint, note, output_option, pod_cell, resolve_output
 from netagent.privileges import require_caps
 from netagent.signals import StopSignals
 
 # (key, header, width): fixed widths keep a streamed table aligned across intervals
 TABLE_COLUMNS = [
-    ("time", "TIME", 8), ("netns", "NETNS", 16), ("action", "EVENT", 14), ("entries", "ENTRIES/MAX", 15),
+    ("time", "TIME", 8), ("netns", "NETNS", 16), ("pod", "POD", 24), ("action", "EVENT", 14), ("entries", "ENTRIES/MAX", 15),
     ("fill", "FILL", 6), ("insert_failed", "INS_FAIL", 8), ("drop", "DROP", 8), ("early_drop", "EARLY_DROP", 10),
     ("clash", "CLASH_RES", 9), ("detail", "DETAIL", 0),
 ]
@@ -48,6 +49,7 @@ def table_row(event: dict) -> dict:
     row = {
         "time": event["@timestamp"][11:19],
         "netns": ct.get("netns_name") or ct.get("netns"),
+        "pod": pod_cell(event),
         "action": event["event"]["action"],
         "entries": f"{ct['entries']}/{ct['max']}" if ct.get("entries") is not None else None,
         "fill": f"{ct['fill_ratio']:.1%}" if ct.get("fill_ratio") is not None else None,
@@ -112,11 +114,14 @@ class Totals:
 @click.option("--counters", type=click.Choice(["always", "changes", "never"]), default="always",
               show_default=True, help="Emit the per-interval counters event always, only when a counter moved, "
                                       "or never (alerts are always emitted).")
+@pod_option
 @output_option
-def conntrack(netns_specs, interval, duration, threshold, per_packet, counters, output):
+def conntrack(netns_specs, pod, interval, duration, threshold, per_packet, counters, output):
     """Conntrack insert failures, clashes and a full table, per namespace, counted exactly."""
     if interval < 0.05:
         raise click.BadParameter("must be at least 50ms", param_hint="--interval")
+    spec, _pod = pod_netns(pod, netns_specs)
+    netns_specs = (spec,) if pod else netns_specs
     require_caps(["CAP_SYS_ADMIN"], "enter network namespaces and attach BPF programs for `trace conntrack`")
     from netagent.probes.conntrack import ConntrackSensor  # noqa: PLC0415 - BCC only when run
 
@@ -129,6 +134,7 @@ def conntrack(netns_specs, interval, duration, threshold, per_packet, counters, 
     totals = Totals()
     emitter = JsonLineEmitter()
     printer = TablePrinter()
+    enrich = command_enricher(note)
     with StopSignals() as signals:
         path = sensor.attach()
         started = time.monotonic()  # --duration counts from here: attaching BPF takes a while
@@ -149,7 +155,7 @@ def conntrack(netns_specs, interval, duration, threshold, per_packet, counters, 
                 signals.stop.wait(wait)
                 if signals.stop.is_set():
                     break
-                events = sensor.poll()
+                events = enrich.enrich_all(sensor.poll())
                 totals.add(events)
                 _show(events, fmt, emitter, printer)
                 if deadline is not None and time.monotonic() >= deadline:
@@ -158,12 +164,13 @@ def conntrack(netns_specs, interval, duration, threshold, per_packet, counters, 
             try:
                 if signals.stop.is_set():
                     # stopped early: one last reading so nothing counted so far is lost
-                    events = sensor.poll()
+                    events = enrich.enrich_all(sensor.poll())
                     totals.add(events)
                     _show(events, fmt, emitter, printer)
             finally:
                 losses = sensor.losses()
                 sensor.detach()
+                enrich.stop()
                 note(totals.render(losses))
 
 

@@ -50,7 +50,9 @@ class PodInfo:
 
 
 def detect_socket(configured: str = "") -> str | None:
-    """The configured socket, else the first runtime socket present, else None."""
+    """The configured socket ([kubernetes] runtime_socket, else $NETAGENT_RUNTIME_SOCKET),
+    else the first runtime socket present, else None."""
+    configured = configured or os.environ.get("NETAGENT_RUNTIME_SOCKET", "")
     if configured:
         return configured
     for path in RUNTIME_SOCKETS:

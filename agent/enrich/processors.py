@@ -212,6 +212,11 @@ def pod_fields(pod: PodInfo, node: str | None) -> dict:
     return fields
 
 
+def pod_label(pod: PodInfo) -> str:
+    """How a pod's network namespace is shown: 'pod NAMESPACE/NAME'."""
+    return f"pod {pod.namespace}/{pod.name}"
+
+
 def peer_fields(pod: PodInfo) -> dict:
     cached = pod.__dict__.get("_peer")
     if cached is None:
@@ -251,6 +256,10 @@ class PodAttributor:
         fields = pod_fields(pod, self.node)
         for key, value in fields.items():
             event[key] = value
+        body = event["netagent"].get(NETNS_FIELD[event["event"]["dataset"]][0])
+        if "netns_name" in body or "netns" in body and isinstance(body["netns"], int):
+            # the namespace's display name, which findings and tables show, is the pod users know
+            body["netns_name"] = pod_label(pod)
         return event
 
 
