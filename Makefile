@@ -3,7 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench deb clean
+.PHONY: setup run test bench deb clean cri-proto
 
 setup:
 	@bash packaging/setup-node.sh
@@ -19,6 +19,10 @@ bench: setup
 
 deb: setup
 	bash packaging/build-deb.sh
+
+# agent/enrich/cri_pb2.py is generated from cri.proto and committed (grpcio-tools is a test extra)
+cri-proto: setup
+	$(PY) -m grpc_tools.protoc -Iagent/enrich --python_out=agent/enrich agent/enrich/cri.proto
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info bench/results/*.tmp

@@ -1,0 +1,142 @@
+"""The enrichment stage without a runtime: processors on events, with an index the test fills."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from netagent.enrich import cri
+from netagent.enrich.cri import PodInfo, sandbox_pid
+from netagent.enrich.processors import event_netns
+from netagent.enrich.stage import Enricher
+from netagent.events import new_event
+from netagent.output import pod_cell
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENRICH = os.path.join(HERE, "..", "..", "agent", "enrich")
+HOST = os.stat("/proc/self/ns/net").st_ino
+
+
+class StubIndex:
+    """What PodAttributor reads of a PodIndex."""
+
+    def __init__(self, pods, healthy=True):
+        self.by_netns = {p.netns_inode: p for p in pods if not p.host_network}
+        self.by_ip = {ip: p for p in pods if not p.host_network for ip in p.ips}
+        self.by_name = {p.key: p for p in pods}
+        self.healthy = healthy
+        self.misses = []
+
+    def note_miss(self, inode):
+        self.misses.append(inode)
+
+    def status(self):
+        return {"healthy": self.healthy, "pods": len(self.by_name)}
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+
+def drop(netns, src="10.1.0.1", dst="10.1.0.2"):
+    ev = new_event(dataset="netagent.drops", action="packet-dropped",
+                   netagent={"drop": {"count": 3, "netns": netns, "ifindex": 0, "interface": None}},
+                   source={"ip": src, "port": 1}, destination={"ip": dst, "port": 2})
+    ev["event"]["reason"] = "NO_SOCKET"
+    return ev
+
+
+POD = PodInfo("sb1", "payments", "api-0", "u-1", pid=1, netns_inode=4026539999, ips=["10.1.0.2"],
+              containers=[("c1", "api")])
+
+
+def test_sandbox_pid_from_containerd_verbose_info():
+    assert sandbox_pid({"info": '{"pid": 4242, "processStatus": "running"}'}) == 4242
+    assert sandbox_pid({"info": '{"pid": 0}'}) is None
+    assert sandbox_pid({"info": "not json"}) is None
+    assert sandbox_pid({}) is None
+
+
+def test_pod_event_fields_and_the_pod_column():
+    enricher = Enricher(StubIndex([POD]), node="node-1")
+    ev = enricher(drop(POD.netns_inode))
+    assert ev["orchestrator"] == {"type": "kubernetes", "namespace": "payments",
+                                  "resource": {"type": "pod", "name": "api-0"}}
+    assert ev["kubernetes"]["pod"] == {"name": "api-0", "uid": "u-1"}
+    assert ev["container"] == {"id": "c1", "name": "api"}
+    assert ev["netagent"]["kubernetes"] == {"destination": {"namespace": "payments", "pod": "api-0"}}
+    assert ev["netagent"]["drop"]["netns_name"] == "pod payments/api-0"
+    assert pod_cell(ev) == "payments/api-0"
+    host = enricher(drop(HOST))
+    assert host["netagent"]["host_network"] is True and pod_cell(host) == "(host)"
+    assert pod_cell(drop(123)) is None
+
+
+def test_unknown_netns_asks_for_a_refresh_but_is_no_failure_while_the_runtime_answers():
+    index = StubIndex([POD])
+    enricher = Enricher(index, node="n")
+    ev = enricher(drop(4026530001))
+    assert "orchestrator" not in ev and index.misses == [4026530001]
+    assert enricher.failures.total == 0
+
+
+def test_runtime_down_counts_each_unnamed_event_by_cause():
+    enricher = Enricher(StubIndex([], healthy=False), node="n")
+    for _ in range(7):
+        enricher(drop(4026530001))
+    assert enricher.failures.by_cause == {"runtime_unavailable": 7}
+    assert enricher.status()["enrich_failed"] == {"runtime_unavailable": 7}
+
+
+def test_a_failing_processor_keeps_the_event_and_is_counted():
+    enricher = Enricher(StubIndex([POD]), node="n")
+
+    def broken(event):
+        raise KeyError("bug")
+
+    enricher.processors.insert(0, broken)
+    ev = enricher(drop(POD.netns_inode))
+    assert ev["kubernetes"]["pod"]["name"] == "api-0"  # the rest of the chain still ran
+    assert enricher.failures.by_cause == {"error:function": 1}
+
+
+def test_without_kubernetes_events_keep_their_inode_and_gain_no_kubernetes_fields():
+    enricher = Enricher(None)
+    ev = enricher(drop(4026530001))
+    assert ev["netagent"]["drop"]["netns"] == 4026530001
+    assert "kubernetes" not in ev and "orchestrator" not in ev
+
+
+def test_where_each_dataset_keeps_its_namespace():
+    directory = Enricher(None).directory
+    ct = new_event(dataset="netagent.conntrack", action="counters", netagent={"conntrack": {"netns": 42}})
+    mtu = new_event(dataset="netagent.mtu", action="path-mtu", netagent={"mtu": {"netns_inode": 43}})
+    dns = new_event(dataset="netagent.dns", action="x", netagent={"dns": {"netns": "host"}})
+    other = new_event(dataset="netagent.host", action="x", netagent={"host": {}})
+    assert [event_netns(e, directory) for e in (ct, mtu, dns, other)] == [42, 43, HOST, None]
+
+
+def test_runtime_socket_detection_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("NETAGENT_RUNTIME_SOCKET", raising=False)
+    first, second = tmp_path / "containerd.sock", tmp_path / "crio.sock"
+    monkeypatch.setattr(cri, "RUNTIME_SOCKETS", (str(first), str(second)))
+    assert cri.detect_socket() is None
+    second.touch()
+    assert cri.detect_socket() == str(second)
+    first.touch()
+    assert cri.detect_socket() == str(first)
+    assert cri.detect_socket("/configured.sock") == "/configured.sock"
+
+
+def test_committed_cri_pb2_is_what_the_proto_generates(tmp_path):
+    """cri_pb2.py is generated and committed; it must match cri.proto (regenerate: make cri-proto)."""
+    pytest.importorskip("grpc_tools", reason="grpcio-tools (the test extra) generates the module")
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ENRICH}", f"--python_out={tmp_path}",
+                    os.path.join(ENRICH, "cri.proto")], check=True)
+    generated = (tmp_path / "cri_pb2.py").read_text()
+    committed = open(os.path.join(ENRICH, "cri_pb2.py")).read()
+    strip = lambda text: [ln for ln in text.splitlines() if not ln.startswith("# Protobuf Python Version")]  # noqa: E731
+    assert strip(generated) == strip(committed)
