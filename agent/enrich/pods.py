@@ -64,6 +64,20 @@ class _Entry:
     last_seen: float
 
 
+_RUNNING: list["PodIndex"] = []  # started indexes, for pod_alive()
+
+
+def pod_alive(key: str) -> bool:
+    """Whether NAMESPACE/NAME is still a pod of this node (or still within its grace period).
+
+    For label expiry in the Prometheus sink. True when no index runs or the
+    runtime does not answer: we cannot tell, so series stay until idle."""
+    for index in list(_RUNNING):
+        if index.healthy:
+            return key in index.by_name
+    return True
+
+
 class PodIndex:
     def __init__(self, source, refresh_interval: float = DEFAULT_REFRESH, grace: float = DEFAULT_GRACE,
                  clock=time.monotonic, log=None):
@@ -155,6 +169,7 @@ class PodIndex:
         self.refresh()
         self._thread = threading.Thread(target=self._run, name="enrich-pods", daemon=True)
         self._thread.start()
+        _RUNNING.append(self)
 
     def _run(self) -> None:
         next_periodic = self.clock() + self.refresh_interval
@@ -178,6 +193,8 @@ class PodIndex:
                 self.log(f"pod attribution: refresh failed: {self.last_error}")
 
     def stop(self) -> None:
+        if self in _RUNNING:
+            _RUNNING.remove(self)
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

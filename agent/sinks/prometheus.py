@@ -7,6 +7,9 @@ never fall behind or lose an event it was given.
 Metrics:
   netagent_drops_total{reason,interface}          packets dropped by the kernel
   netagent_drop_bytes_total{reason,interface}     their bytes
+  netagent_pod_drops_total{namespace,pod,reason}  drops in a pod's network namespace (named by enrichment)
+  netagent_pod_conntrack_total{namespace,pod,counter}  conntrack counter rises (insert_failed, drop,
+                                                  early_drop, ...) per pod namespace; "" = not a pod's
   netagent_events_total{dataset}                  events emitted by the pipeline
   netagent_events_lost_total{place,sensor}        kernel | queue | sink | spool; sensor="" when the
                                                   loss is not one sensor's (sinks, spool, retired sensors)
@@ -29,6 +32,13 @@ Interface slots are given back: an interface that no longer exists (not in
 had none for `interface_idle`, loses its series, so churning pod veths do
 not use the slots up for good. Series of netagent_drops_total are at most
 (max_interfaces + 1) x (max_reasons + 1).
+
+Pods get their own families rather than two more labels on every drop
+series (which would multiply interfaces x reasons by pods): at most
+`max_pods` pods have series at a time (the rest are namespace="other",
+pod="other"), and a pod's series are removed once the enrichment stage has
+forgotten it (its grace period after deletion) and it has been quiet for
+`interface_grace`, or after `interface_idle` without events.
 """
 
 import errno
@@ -56,11 +66,12 @@ class PrometheusSink(Sink):
         "max_reasons": ("int", 256, positive),
         "interface_grace": ("duration", 60.0, positive),
         "interface_idle": ("duration", 900.0, positive),
+        "max_pods": ("int", 256, positive),
     }
 
     def __init__(self, name: str = "prometheus", listen: str = "127.0.0.1:9847", max_interfaces: int = 64,
                  max_reasons: int = 256, interface_grace: float = 60.0, interface_idle: float = 900.0,
-                 interface_alive=interface_exists):
+                 interface_alive=interface_exists, max_pods: int = 256, pod_alive=None):
         self.name = name
         self.listen = listen
         self.host, self.port = parse_address(listen)
@@ -68,6 +79,11 @@ class PrometheusSink(Sink):
                                       idle=interface_idle)
         # reasons come from the kernel's enum: bounded by it, never expired
         self._reasons = LabelSlots(max_reasons, idle=float("inf"))
+        if pod_alive is None:
+            from netagent.enrich.pods import pod_alive  # noqa: PLC0415
+        self._pods = LabelSlots(max_pods, alive=pod_alive, grace=interface_grace, idle=interface_idle)
+        self._pod_drops = None
+        self._pod_conntrack = None
         self._snapshot = None
         self._httpd = None
         self._lock = threading.Lock()
@@ -79,7 +95,7 @@ class PrometheusSink(Sink):
     @classmethod
     def from_config(cls, cfg: dict) -> "PrometheusSink":
         return cls(cfg["name"] or cls.TYPE, cfg["listen"], cfg["max_interfaces"], cfg["max_reasons"],
-                   cfg["interface_grace"], cfg["interface_idle"])
+                   cfg["interface_grace"], cfg["interface_idle"], max_pods=cfg["max_pods"])
 
     def observe_agent(self, snapshot) -> None:
         self._snapshot = snapshot
@@ -105,6 +121,11 @@ class PrometheusSink(Sink):
                               ["reason", "interface"], registry=self.registry)
         self._drop_bytes = Counter("netagent_drop_bytes", "Bytes of packets dropped by the kernel",
                                    ["reason", "interface"], registry=self.registry)
+        self._pod_drops = Counter("netagent_pod_drops", "Packets dropped by the kernel in a pod's network namespace",
+                                  ["namespace", "pod", "reason"], registry=self.registry)
+        self._pod_conntrack = Counter("netagent_pod_conntrack", "Conntrack counter rises in a pod's network "
+                                      "namespace (insert_failed, drop, early_drop, ...)",
+                                      ["namespace", "pod", "counter"], registry=self.registry)
         ProcessCollector(registry=self.registry)
         try:
             self._httpd, _ = start_http_server(self.port, addr=self.host, registry=self.registry)
@@ -124,12 +145,36 @@ class PrometheusSink(Sink):
                 self._drop_bytes.labels(reason, iface).inc(int(drop.get("bytes") or 0))
                 for metric in (self._drops, self._drop_bytes):
                     self._interfaces.track(iface, metric, (reason, iface))
+                pod = self._pod_labels(event)
+                if pod is not None:
+                    labels = (*pod, reason)
+                    self._pod_drops.labels(*labels).inc(int(drop.get("count") or 0))
+                    self._pods.track(f"{pod[0]}/{pod[1]}", self._pod_drops, labels)
+        elif ev.get("dataset") == "netagent.conntrack" and ev.get("action") == "counters":
+            deltas = event.get("netagent", {}).get("conntrack", {}).get("deltas") or {}
+            with self._lock:
+                pod = self._pod_labels(event) or ("", "")
+                for counter, n in deltas.items():
+                    if isinstance(n, int) and n > 0:
+                        labels = (*pod, counter)
+                        self._pod_conntrack.labels(*labels).inc(n)
+                        self._pods.track(f"{pod[0]}/{pod[1]}", self._pod_conntrack, labels)
         return True
+
+    def _pod_labels(self, event: dict) -> tuple[str, str] | None:
+        """(namespace, pod) of the event's pod, bounded by the pod slots; None when no pod is named."""
+        k8s = event.get("kubernetes")
+        pod = k8s.get("pod") if k8s else None
+        if not pod:
+            return None
+        slot = self._pods(f"{k8s.get('namespace', '')}/{pod.get('name', '')}")
+        return (OVERFLOW_LABEL, OVERFLOW_LABEL) if slot == OVERFLOW_LABEL else tuple(slot.split("/", 1))
 
     def sweep_labels(self) -> None:
         """Give back the slots of interfaces that are gone (also run at every scrape)."""
         with self._lock:
             self._interfaces.sweep()
+            self._pods.sweep()
 
     def flush(self, timeout: float) -> bool:
         return True
@@ -145,8 +190,10 @@ class PrometheusSink(Sink):
 
     def status(self) -> dict:
         return {"name": self.name, "type": self.TYPE, "listen": self.listen, "healthy": self._httpd is not None,
-                "label_overflow": {"interface": self._interfaces.overflowed, "reason": self._reasons.overflowed},
-                "labels": {"interface": self._interfaces.status(), "reason": self._reasons.status()}}
+                "label_overflow": {"interface": self._interfaces.overflowed, "reason": self._reasons.overflowed,
+                                   "pod": self._pods.overflowed},
+                "labels": {"interface": self._interfaces.status(), "reason": self._reasons.status(),
+                           "pod": self._pods.status()}}
 
 
 class _AgentCollector:
