@@ -13,6 +13,8 @@ Metrics:
   netagent_events_total{dataset}                  events emitted by the pipeline
   netagent_events_lost_total{place,sensor}        kernel | queue | sink | spool; sensor="" when the
                                                   loss is not one sensor's (sinks, spool, retired sensors)
+  netagent_enrich_failed_total{cause}             events passed on without a name enrichment could not find
+  netagent_pod_attribution_up                     1 while the container runtime (CRI) answers
   netagent_processor_failures_total               events a pipeline processor failed on (passed on as they were)
   netagent_findings_active / _raised_total / _rule_errors_total / _records_evicted_total   the correlator
   netagent_sensor_notes_total{sensor}             remarks a sensor made on how it runs (heartbeat: notes)
@@ -229,6 +231,17 @@ class _AgentCollector:
             lost.add_metric([place, sensor], n)
         yield lost
         yield from _processing_metrics(snap.get("processing") or {})
+        enrich = snap.get("enrich") or {}
+        failed = CounterMetricFamily("netagent_enrich_failed", "Events that went on without a name the enrichment "
+                                     "stage could not find (runtime_unavailable, interface_lookup, ...)",
+                                     labels=["cause"])
+        for cause, n in sorted((enrich.get("enrich_failed") or {}).items()):
+            failed.add_metric([cause], n)
+        yield failed
+        pods = enrich.get("pods")
+        if pods:
+            yield GaugeMetricFamily("netagent_pod_attribution_up", "1 while the container runtime (CRI) answers",
+                                    value=1 if pods.get("healthy") else 0)
         sink_lost = CounterMetricFamily("netagent_sink_events_lost", "Events a sink lost, by sink and place",
                                         labels=["sink", "type", "place"])
         sink_up = GaugeMetricFamily("netagent_sink_up", "1 while the sink delivers, 0 after recent failures",

@@ -73,3 +73,16 @@ def test_pod_series_counted_bounded_and_removed_when_the_pod_is_gone():
                                                           ("reason", "NO_SOCKET")))] == 1
     finally:
         sink.close(1)
+
+
+def test_enrich_failures_by_cause_and_attribution_up_from_the_agent_snapshot():
+    sink = PrometheusSink("p", f"127.0.0.1:{free_port()}")
+    snap = {"enrich": {"enrich_failed": {"runtime_unavailable": 12}, "pods": {"healthy": False}}}
+    sink.observe_agent(lambda: snap)
+    sink.start()
+    try:
+        m = scrape(sink)
+        assert m[("netagent_enrich_failed_total", (("cause", "runtime_unavailable"),))] == 12
+        assert m[("netagent_pod_attribution_up", ())] == 0
+    finally:
+        sink.close(1)
