@@ -22,7 +22,7 @@ import orjson
 import psutil
 
 from netagent import __version__, config as config_mod
-from netagent import sdnotify
+from netagent import registry, sdnotify
 from netagent.configschema import SchemaError
 from netagent.errors import AgentError, ConfigError, InsufficientPrivilege, ProbeUnavailable, UsageError
 from netagent.events import new_event
@@ -82,23 +82,18 @@ class SensorRunner:
     def start(self) -> None:
         """Attach; an unusable sensor ends up off with the reason. A configuration
         the sensor rejects (bad filter, unknown reason name) raises ConfigError."""
-        if self.module is None or not self.module.loaded:
-            self.reason = self.module.error if self.module else "no such sensor module"
-            return
-        if not self.cfg.get("enabled", True):
-            self.state, self.reason = "disabled", "enabled = false"
-            return
         try:
-            sensor = self.module.from_config(self.cfg)
-            if hasattr(sensor, "announce"):  # sensors that narrate their choices (drops, conntrack)
-                sensor.announce = self.note
-            status = sensor.check()
-            if not status.can_run:
-                self.reason = status.reason or "cannot run on this node"
+            # the same decision `netagent doctor` reports (registry.plan_sensor)
+            plan = registry.plan_sensor(self.module, self.cfg, self.section, announce=self.note)
+            if plan.sensor is None:
+                self.state = "disabled" if plan.state == "disabled" else self.state
+                self.reason = plan.reason
+                if plan.error is not None:
+                    self.kind = type(plan.error)
                 return
-            for note in (status.reason, (status.details or {}).get("caveat")):
-                if note:  # a sensor that can run says here how well (e.g. conntrack: counters only)
-                    self.note(note)
+            sensor = plan.sensor
+            for note in plan.notes:  # how well it runs, e.g. conntrack: counters only, and why
+                self.note(note)
             self.attach_path = sensor.attach()
         except (UsageError, SchemaError, ValueError) as exc:
             raise ConfigError(str(exc), key=f"sensors.{self.section}") from None

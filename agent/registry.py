@@ -68,3 +68,63 @@ def load_modules(paths: list[str] | None = None) -> list[SensorModule]:
         schema.update(module.CONFIG_SCHEMA)
         out.append(SensorModule(path, module.CONFIG_SECTION, schema, module))
     return out
+
+
+@dataclass
+class SensorPlan:
+    """What a configured sensor will do, decided once for `run` and `doctor`.
+
+    state: "ready"    from_config() and check() passed: `sensor` is built, attach() is next
+           "off"      it cannot run here (module missing, kernel, privileges): `reason` says why
+           "disabled" enabled = false in the configuration
+    notes: how well a ready sensor will run (check()'s caveats), for the operator.
+    """
+
+    section: str
+    state: str
+    reason: str | None = None
+    status: object = None  # netagent.sensor.SensorStatus when check() ran
+    sensor: object = None
+    notes: list = field(default_factory=list)
+    error: Exception | None = None  # the AgentError that made it "off", if one did
+
+
+class SensorConfigRejected(ValueError):
+    """The sensor's own from_config()/check() refused its table (a bad filter, an unknown reason name)."""
+
+    def __init__(self, section: str, message: str):
+        self.section = section
+        super().__init__(message)
+
+
+def plan_sensor(module: SensorModule | None, cfg: dict, section: str | None = None, announce=None) -> SensorPlan:
+    """Build and check one sensor from its validated [sensors.X] table, without attaching.
+
+    The daemon attaches a "ready" plan's sensor; doctor reports the plan.
+    A table the sensor rejects raises SensorConfigRejected (the daemon turns
+    it into exit 78, doctor into a "cannot run" line naming the key).
+    `announce` receives the sensor's remarks while it runs (if it makes any).
+    """
+    from netagent.configschema import SchemaError
+    from netagent.errors import AgentError, UsageError
+
+    section = section or (module.section if module else "?")
+    if module is None or not module.loaded:
+        return SensorPlan(section, "off", module.error if module else "no such sensor module")
+    if not cfg.get("enabled", True):
+        return SensorPlan(section, "disabled", "enabled = false")
+    try:
+        sensor = module.from_config(cfg)
+        if announce is not None and hasattr(sensor, "announce"):  # sensors that narrate (drops, conntrack)
+            sensor.announce = announce
+        status = sensor.check()
+    except (UsageError, SchemaError, ValueError) as exc:
+        raise SensorConfigRejected(section, str(exc)) from None
+    except AgentError as exc:
+        return SensorPlan(section, "off", str(exc), error=exc)
+    except Exception as exc:  # a sensor bug must not hide the others
+        return SensorPlan(section, "off", f"internal error while checking: {type(exc).__name__}: {exc}")
+    if not status.can_run:
+        return SensorPlan(section, "off", status.reason or "cannot run on this node", status)
+    notes = [n for n in (status.reason, (status.details or {}).get("caveat")) if n]
+    return SensorPlan(section, "ready", None, status, sensor, notes)
