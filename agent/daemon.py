@@ -78,10 +78,16 @@ class SensorRunner:
         self._thread: threading.Thread | None = None
         self._final_losses: dict[str, int] = {}
         self._final_poll = True  # stop() polls once more (a handover polls itself)
+        self.predecessor: SensorRunner | None = None  # armed, until hand_over() or cancel_handover()
 
-    def start(self) -> None:
+    def start(self, predecessor: "SensorRunner | None" = None) -> None:
         """Attach; an unusable sensor ends up off with the reason. A configuration
-        the sensor rejects (bad filter, unknown reason name) raises ConfigError."""
+        the sensor rejects (bad filter, unknown reason name) raises ConfigError.
+
+        `predecessor`: the running runner of the same sensor that this one
+        replaces (reload). A sensor that can hand over exactly
+        (`supports_handover`, see netagent.probes.drops) is attached on top of
+        the armed predecessor and skips what it counts until hand_over()."""
         try:
             # the same decision `netagent doctor` reports (registry.plan_sensor)
             plan = registry.plan_sensor(self.module, self.cfg, self.section, announce=self.note)
@@ -94,7 +100,17 @@ class SensorRunner:
             sensor = plan.sensor
             for note in plan.notes:  # how well it runs, e.g. conntrack: counters only, and why
                 self.note(note)
-            self.attach_path = sensor.attach()
+            if predecessor is not None:
+                predecessor.sensor.arm_handover()
+                self.predecessor = predecessor
+                try:
+                    self.attach_path = sensor.attach(predecessor=predecessor.sensor)
+                except BaseException:
+                    self.predecessor = None
+                    predecessor.sensor.disarm_handover()
+                    raise
+            else:
+                self.attach_path = sensor.attach()
         except (UsageError, SchemaError, ValueError) as exc:
             raise ConfigError(str(exc), key=f"sensors.{self.section}") from None
         except AgentError as exc:
@@ -142,6 +158,33 @@ class SensorRunner:
                 self.queue_dropped += len(events) - accepted
                 self.ratelog("queue-full", f"pipeline queue full: dropped {len(events) - accepted} "
                              f"{self.section} events (counted as lost at 'queue')")
+
+    def can_hand_over(self) -> bool:
+        return self.state == "on" and bool(getattr(self.sensor, "supports_handover", False))
+
+    def _pause(self, timeout: float = 3.0) -> None:
+        """Stop polling (the sensor stays attached and counting)."""
+        self._final_poll = False
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def hand_over(self) -> None:
+        """Reload, after every new runner started: the predecessor stops counting
+        between two drops, its last counts are polled, then it may be detached."""
+        old, self.predecessor = self.predecessor, None
+        if old is None:
+            return
+        old._pause()
+        old.sensor.retire()
+        old._poll_once()  # its swap waits out a program still running: nothing after this
+        self.sensor.release_predecessor()
+
+    def cancel_handover(self) -> None:
+        """The reload failed after this runner attached: the predecessor counts on as before."""
+        old, self.predecessor = self.predecessor, None
+        if old is not None and old.sensor is not None:
+            old.sensor.disarm_handover()
 
     def stop(self, timeout: float = 3.0) -> None:
         if self._thread is not None:
@@ -242,6 +285,7 @@ class Daemon:
 
     def _attach_sensors(self, cfg: config_mod.AgentConfig, keep: dict | None = None) -> list[SensorRunner]:
         keep = keep or {}
+        running = {r.section: r for r in self.runners if r not in keep.values()}
         runners = []
         try:
             for module in cfg.sensor_modules:
@@ -252,7 +296,11 @@ class Daemon:
                     continue
                 runner = SensorRunner(module.section, module, table, self.pipeline, self.ratelog)
                 runner.config_key = key
-                runner.start()
+                # A changed sensor: the new one attaches before the old one detaches
+                # (no gap); sensors that can hand over exactly also never count a
+                # drop twice during the overlap (SensorRunner.hand_over).
+                old = running.get(module.section)
+                runner.start(predecessor=old if old is not None and old.can_hand_over() else None)
                 runners.append(runner)
                 if runner.state == "on":
                     log(f"sensor {module.section}: on ({runner.attach_path})")
@@ -263,6 +311,7 @@ class Daemon:
         except ConfigError as exc:
             for r in runners:
                 if r not in keep.values():
+                    r.cancel_handover()
                     r.stop()
             raise ConfigError(str(exc).split(": ", 1)[-1] if exc.key else str(exc), path=cfg.source,
                               key=exc.key) from None
@@ -473,6 +522,8 @@ class Daemon:
             # sinks already moved to the new file; sensors keep running as they were
             log(f"reload: sensors keep their running configuration: {exc}", 3)
             runners, ok = self.runners, False
+        for r in runners:
+            r.hand_over()
         for r in self.runners:
             if r not in runners:
                 r.stop()

@@ -71,6 +71,23 @@ BPF_PERCPU_ARRAY(overflow, struct flow_val, 1);
 // Reasons selected by --reason (FILTER_REASONS=1): 1 = keep.
 BPF_ARRAY(reason_filter, u8, MAX_REASONS);
 
+// Hand-over on a configuration reload (netagent.daemon): the running program
+// (the predecessor) and its successor are both attached for a moment, and
+// every drop must be counted by exactly one of them. Programs on one hook run
+// one after the other for each drop, in attach order, so the predecessor
+// always sees a drop first. handover_state of a program:
+//   0 normal;
+//   1 armed (predecessor): count, and note the counted skb in handover_marker;
+//   2 retired (predecessor): count nothing, clear the note;
+//   3 standby (successor, attached but not yet given pred_marker): count nothing.
+// A successor whose pred_marker slot holds the predecessor's handover_marker
+// skips the drop its predecessor noted just before. So the counting moves
+// from one program to the other between two drops, when user space switches
+// the predecessor from 1 to 2: no gap, no drop counted twice.
+BPF_ARRAY(handover_state, u32, 1);
+BPF_PERCPU_ARRAY(handover_marker, u64, 1);
+BPF_ARRAY_OF_MAPS(pred_marker, "handover_marker", 1);
+
 // The clock of first_ns/last_ns: bpf_ktime_get_ns at most once per jiffy
 // per CPU. It costs ~70 ns on virtual machines, reading jiffies costs ~2;
 // an aggregate's first and last time need no finer grain than a tick.
@@ -212,6 +229,23 @@ static __always_inline int record_drop(const void *skb, u64 location, u32 reason
 
     if (!skb)
         return 0;
+    u32 *state = handover_state.lookup(&zero);
+    u32 handover = state ? *state : 0;
+    if (handover) {
+        if (handover == 3)
+            return 0;
+        u64 *note = handover_marker.lookup(&zero);
+        if (note)
+            *note = 0;
+        if (handover == 2)
+            return 0;
+    }
+    void *pred = pred_marker.lookup(&zero);
+    if (pred) {
+        u64 *noted = bpf_map_lookup_elem(pred, &zero);
+        if (noted && *noted == (u64)skb)
+            return 0;  // the predecessor counted this drop
+    }
 #if FILTER_REASONS
     {
         u32 idx = reason;
@@ -244,6 +278,11 @@ static __always_inline int record_drop(const void *skb, u64 location, u32 reason
 #endif
     if (!host_matches(&key))
         return 0;
+    if (handover == 1) {
+        u64 *note = handover_marker.lookup(&zero);
+        if (note)
+            *note = (u64)skb;
+    }
 
     u64 len = FIELD(u32, skb, OFF_SKB_LEN, direct);
     u64 now = tick_now();

@@ -43,6 +43,10 @@ KPROBE_FUNCTIONS = ("sk_skb_reason_drop", "kfree_skb_reason")
 MAX_FLOWS = 10240
 MAX_REASONS = 1024
 PROTO_CLASSES = {"tcp": 1, "udp": 2, "icmp": 3, "other": 4}
+# handover_state values (drops.bpf.c), as the u32 the map holds
+HANDOVER_NORMAL, HANDOVER_ARMED, HANDOVER_RETIRED, HANDOVER_STANDBY = (
+    v.to_bytes(4, "little") for v in (0, 1, 2, 3))
+_ZERO_KEY = b"\0\0\0\0"
 
 # IANA protocol keywords, as ECS network.transport wants them.
 TRANSPORT_NAMES = {1: "icmp", 2: "igmp", 4: "ipip", 6: "tcp", 17: "udp", 41: "ipv6", 47: "gre",
@@ -355,7 +359,11 @@ class DropSensor(Sensor):
                 out[mode] = f"unavailable: {str(exc).split(': ', 1)[-1]}"
         return out
 
-    def attach(self) -> str:
+    def attach(self, predecessor: "DropSensor | None" = None) -> str:
+        """Load and attach. With `predecessor` (a reload; see handover_state in
+        drops.bpf.c), the predecessor must be armed: this program starts on
+        standby and, once attached, skips every drop the predecessor counts,
+        until the predecessor is retired."""
         require_bpf("attach the drop sensor")
         tracefs = ensure_tracefs(announce=self.announce)
         try:
@@ -371,6 +379,8 @@ class DropSensor(Sensor):
         macros, prelude = self._build_macros(fmt)
         setup = [{"map": "active_flows", "key": 0, "map_fd": "flows_a"}]
         setup += [{"map": "reason_filter", "key": v, "value": "01"} for v in wanted_reasons if v < MAX_REASONS]
+        if predecessor is not None:
+            setup.append({"map": "handover_state", "key": 0, "value": HANDOVER_STANDBY.hex()})
         try:
             loaded = self._load(path, program, function, macros, prelude, setup)
         except ProbeUnavailable:
@@ -382,7 +392,42 @@ class DropSensor(Sensor):
         self._loaded, self._active = loaded, 0
         self._buffers = (loaded.maps["flows_a"], loaded.maps["flows_b"])
         self.attach_path, self._program = path, program
+        if predecessor is not None:
+            # the predecessor's notes first (the slot update waits for an RCU
+            # grace period), then count: from here each drop is counted once
+            marker = predecessor._loaded.maps["handover_marker"].fd
+            loaded.maps["pred_marker"].update(_ZERO_KEY, marker.to_bytes(4, "little"))
+            self._set_handover(HANDOVER_NORMAL)
         return self.attach_path
+
+    # -- reload hand-over (handover_state in drops.bpf.c) ----------------------------
+    supports_handover = True
+
+    def arm_handover(self) -> None:
+        """Before a successor attaches: keep counting, and note each counted drop for it."""
+        self._set_handover(HANDOVER_ARMED)
+
+    def disarm_handover(self) -> None:
+        """The successor could not attach: count as before."""
+        self._set_handover(HANDOVER_NORMAL)
+
+    def retire(self) -> None:
+        """The successor counts from the next drop on; this program counts nothing more.
+        Poll once more afterwards: the swap waits out a program still running."""
+        self._set_handover(HANDOVER_RETIRED)
+
+    def release_predecessor(self) -> None:
+        """The retired predecessor has been polled for the last time: stop consulting its notes
+        (before it is detached, so a stale note can never hide a later drop)."""
+        if self._loaded is not None:
+            try:
+                self._loaded.maps["pred_marker"].delete(_ZERO_KEY)
+            except OSError:
+                pass  # no predecessor was set
+
+    def _set_handover(self, state: bytes) -> None:
+        if self._loaded is not None:
+            self._loaded.maps["handover_state"].update(_ZERO_KEY, state)
 
     def _load(self, path, program, function, macros, prelude, setup) -> bpfchild.LoadedProgram:
         """Compile, load and attach in a child process (bpfchild.py); keep the descriptors."""
@@ -390,7 +435,8 @@ class DropSensor(Sensor):
         target = {"tp_btf": TRACEPOINT[1], "raw_tracepoint": TRACEPOINT[1],
                   "tracepoint": ":".join(TRACEPOINT)}.get(kind, function)
         spec = bpfchild.ProgramSpec("drops", program.decode(), kind, target, macros, prelude,
-                                    maps=["flows_a", "flows_b", "active_flows", "overflow"], setup=setup,
+                                    maps=["flows_a", "flows_b", "active_flows", "overflow", "handover_state",
+                                          "handover_marker", "pred_marker"], setup=setup,
                                     attach_btf_id=self._tp_btf_id() if kind == "tp_btf" else 0)
         loaded = bpfchild.load(spec)
         if loaded.maps["flows_a"].key_size != ctypes.sizeof(FlowKey):

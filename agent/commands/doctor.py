@@ -1,63 +1,85 @@
-"""`netagent doctor`: can the sensors run on this node, and by which path?"""
+"""`netagent doctor`: can the sensors run on this node, and by which path?
 
-import importlib
+It reads the same configuration as `netagent run` (--config, default
+/etc/netagent/netagent.toml if present, else the embedded default) and asks
+the same question the daemon asks before attaching (registry.plan_sensor),
+so a sensor `run` would start is reported as runnable and one it would skip
+is reported with the same reason.
+"""
+
 import json
 import sys
 
 import click
 
+from netagent import config as config_mod
 from netagent.errors import EXIT_OK, EXIT_UNAVAILABLE
 from netagent.output import output_option, resolve_output
 from netagent.privileges import missing_for_bpf
+from netagent.registry import SensorConfigRejected, plan_sensor
 from netagent.sensor import SensorStatus
 
+DISABLED = "disabled in the configuration"
 
-def sensor_statuses() -> list[SensorStatus]:
-    """Each registered sensor's own support check (the same one `run` uses)."""
-    modules = ["netagent.probes.drops"]
-    try:
-        from netagent.registry import SENSOR_MODULES
 
-        modules = list(dict.fromkeys(modules + list(SENSOR_MODULES)))
-    except ImportError:
-        pass
+def sensor_statuses(cfg: config_mod.AgentConfig) -> list[SensorStatus]:
+    """Each configured sensor as `run` would find it: disabled, off (why) or its attach path."""
     out = []
-    for name in modules:
+    for module in cfg.sensor_modules:
         try:
-            module = importlib.import_module(name)
-            defaults = {k: v[1] for k, v in getattr(module, "CONFIG_SCHEMA", {}).items()}
-            sensor = module.from_config(defaults)
-            status = sensor.check()
-        except Exception as exc:  # a broken sensor must not hide the others
-            status = SensorStatus(name.rsplit(".", 1)[-1], False, None, f"{type(exc).__name__}: {exc}")
-        out.append(status)
+            plan = plan_sensor(module, cfg.sensors.get(module.section, {}))
+        except SensorConfigRejected as exc:
+            out.append(SensorStatus(module.section, False, None,
+                                    f"{cfg.source}: sensors.{module.section}: {exc} (`run` exits 78)"))
+            continue
+        if plan.state == "disabled":
+            out.append(SensorStatus(module.section, False, None, f"enabled = false in {cfg.source}",
+                                    {"state": DISABLED}))
+        else:
+            out.append(plan.status or SensorStatus(module.section, False, None, plan.reason))
     return out
 
 
-def _drop_status_with_privileges(statuses: list[SensorStatus]) -> SensorStatus:
-    drops = next(s for s in statuses if s.name == "drops")
+def _drop_status_with_privileges(statuses: list[SensorStatus]) -> None:
+    drops = next((s for s in statuses if s.name == "drops"), None)
     missing = missing_for_bpf()
-    if drops.can_run and missing:
+    if drops is not None and drops.can_run and missing:
         drops.can_run = False
         drops.reason = f"needs root or {' + '.join(missing)}"
-    return drops
+
+
+def exit_code(statuses: list[SensorStatus]) -> int:
+    """As `run` decides: fine if a configured sensor can run, or if every one is disabled."""
+    enabled = [s for s in statuses if (s.details or {}).get("state") != DISABLED]
+    return EXIT_OK if not enabled or any(s.can_run for s in enabled) else EXIT_UNAVAILABLE
 
 
 @click.command()
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
+              help=f"TOML configuration, as for `run` (default: {config_mod.DEFAULT_PATH} if it exists, "
+                   "else the embedded default).")
 @output_option
-def doctor(output):
-    """Report kernel features, privileges and each sensor's attach path."""
+def doctor(config_path, output):
+    """Report kernel features, privileges and each configured sensor's attach path.
+
+    Exit 0 when `netagent run` with this configuration would attach at least
+    one sensor (or every sensor is disabled), 69 when none could run, 78 when
+    the configuration is invalid.
+    """
     from netagent.nodefacts import node_facts
 
-    facts = node_facts()
-    statuses = sensor_statuses()
-    drops = _drop_status_with_privileges(statuses)
-    report = {**facts, "sensors": [s.as_dict() for s in statuses]}
+    cfg = config_mod.load(config_path)  # ConfigError: exit 78, one line naming the key
+    facts = {**node_facts(), "config": cfg.source}
+    statuses = sensor_statuses(cfg)
+    _drop_status_with_privileges(statuses)
+    from netagent.enrich.stage import attribution_report
+
+    report = {**facts, "sensors": [s.as_dict() for s in statuses], "pod_attribution": attribution_report()}
     if resolve_output(output) == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         click.echo(_render(report))
-    sys.exit(EXIT_OK if drops.can_run else EXIT_UNAVAILABLE)
+    sys.exit(exit_code(statuses))
 
 
 def _yes(v):
@@ -73,12 +95,13 @@ def _render(r: dict) -> str:
         f"tracefs          {r['tracefs'] or 'not mounted (mounted on first attach)'}",
         f"kernel headers   {r['kernel_headers']['detail']}",
         f"kprobes          {_yes(r['kprobes']['available'])} ({r['kprobes']['detail']})",
+        f"pod attribution  {_yes(r['pod_attribution']['available'])} ({r['pod_attribution']['detail']})",
         f"fentry           {_yes(r['fentry']['available'])} ({r['fentry']['detail']})",
         f"lockdown         {r['lockdown']}",
         f"privileges       euid {r['privileges']['euid']}; capabilities: {caps}",
         f"BCC              {r['bcc_version'] or 'missing: apt-get install python3-bpfcc'}",
         "",
-        "sensors:",
+        f"sensors (configuration {r['config']}):",
     ]
     for s in r["sensors"]:
         waiting = (s.get("details") or {}).get("state")  # e.g. "waiting for nf_conntrack"
@@ -87,5 +110,7 @@ def _render(r: dict) -> str:
         if s.get("reason"):
             lines.append(f"  {'':<12} {s['reason']}")
         for k, v in (s.get("details") or {}).items():
+            if k == "state":
+                continue  # already the status line
             lines.append(f"  {'':<12} {k}: {v}")
     return "\n".join(lines)

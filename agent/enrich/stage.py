@@ -96,3 +96,34 @@ class Enricher:
             out["pods"] = self.pods.status()
             out["node"] = self.node
         return out
+
+
+def attribution_report(runtime_socket: str = "") -> dict:
+    """For `netagent doctor`: can events be attributed to pods here, and if not, why."""
+    from netagent.enrich.cri import CriClient, RuntimeUnavailable, detect_socket  # noqa: PLC0415
+
+    socket_path = detect_socket(runtime_socket)
+    if socket_path is None:
+        from netagent.enrich.cri import RUNTIME_SOCKETS  # noqa: PLC0415
+
+        return {"available": False, "source": None,
+                "detail": f"no container runtime socket ({', '.join(RUNTIME_SOCKETS)} absent; set "
+                          "[kubernetes] runtime_socket): events keep their "
+                          "netns inode, without pod names"}
+    client = None
+    try:
+        client = CriClient(socket_path)
+        version = client.version()
+        pods = client.list_pods()
+    except RuntimeUnavailable as exc:
+        return {"available": False, "source": f"CRI at {socket_path}",
+                "detail": f"{exc}: events keep their netns inode, without pod names"}
+    except ImportError as exc:
+        return {"available": False, "source": f"CRI at {socket_path}", "detail": f"gRPC client missing: {exc}"}
+    finally:
+        if client is not None:
+            client.close()
+    return {"available": True, "source": f"CRI at {socket_path}",
+            "runtime": f"{version['runtime_name']} {version['runtime_version']}", "pods": len(pods),
+            "detail": f"{len(pods)} pods on node {node_name()}, sandbox pid known for "
+                      f"{sum(1 for p in pods if p.pid)}"}

@@ -6,6 +6,7 @@ only the runtime's answers are scripted. The lab tests (test_pods_lab.py)
 run the same checks against a real containerd.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -255,3 +256,14 @@ def test_pod_option_errors(command, cli_env, cri):
     r = netagent(*command, "--pod", "shop/ghost", "--netns", "x", env=cli_env)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--pod" in r.stderr and "--netns" in r.stderr
+
+
+def test_doctor_says_whether_pods_can_be_named_and_why_not(cli_env, cri, sandboxes, tmp_path):
+    sb = sandboxes()
+    cri.pods.append(FakePod("shop", "api-0", sb.pid))
+    r = netagent("doctor", "--output", "json", env=cli_env)
+    report = json.loads(r.stdout)["pod_attribution"]
+    assert report["available"] is True and report["pods"] == 1 and "fake-cri" in report["runtime"]
+    r = netagent("doctor", "--output", "table", env=dict(cli_env, NETAGENT_RUNTIME_SOCKET=str(tmp_path / "no.sock")))
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("pod attribution"))
+    assert "no (" in line and "no.sock" in line and "netns inode" in line
