@@ -10,7 +10,7 @@ if the kernel never produced the event, saying so.
 import pytest
 
 from netagent.conntrack.stats import delta
-from netagent.probes.conntrack import ConntrackSensor
+from netagent.probes.conntrack import ConntrackSensor, kprobes_unavailable_reason
 from test_conntrack_lab import (  # noqa: F401 - clash_lab is a fixture
     SYN_RACE,
     UDP_CLASH,
@@ -20,6 +20,7 @@ from test_conntrack_lab import (  # noqa: F401 - clash_lab is a fixture
     run_py,
     summed,
 )
+from timescale import scaled
 
 ATTEMPTS = 5
 ROUNDS = 150
@@ -40,7 +41,7 @@ def race(sensor, router, send, wanted):
     return events, None
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(scaled(120))
 def test_udp_clash_through_dnat_is_counted_like_the_kernel(clash_lab):
     client, router, _ = clash_lab
     sensor = ConntrackSensor(netns=[router.name], interval=0.5)
@@ -62,7 +63,7 @@ def test_udp_clash_through_dnat_is_counted_like_the_kernel(clash_lab):
         assert [e for e in events if e["event"]["action"] == "insert-failed"]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(scaled(120))
 def test_tcp_syn_race_is_an_insert_failure_with_its_flow(clash_lab):
     """TCP may not merge clashing entries: a lost race drops the packet
     (insert_failed + drop) in __nf_conntrack_confirm, which the drop sensor
@@ -87,6 +88,17 @@ def test_tcp_syn_race_is_an_insert_failure_with_its_flow(clash_lab):
     counter_alerts = [e for e in alerts if "deltas" in e["netagent"]["conntrack"]]
     assert counter_alerts and all(e["event"]["kind"] == "alert" for e in counter_alerts)
     assert sum(e["netagent"]["conntrack"]["deltas"]["insert_failed"] for e in counter_alerts) == kernel["insert_failed"]
+    if sensor.per_packet_mode == "kprobe":
+        # every failed insert, per packet, with its 5-tuple, from the kretprobe on __nf_conntrack_confirm
+        flows = [e for e in alerts if e["netagent"]["conntrack"].get("attribution") == "kprobe"]
+        assert sum(e["netagent"]["conntrack"]["count"] for e in flows) == kernel["insert_failed"]
+        for e in flows:
+            assert e["destination"] == {"ip": "10.79.2.1", "port": 80}
+            assert e["source"]["ip"] == "10.79.1.1" and e["network"]["transport"] == "tcp"
+            ports = e["netagent"]["conntrack"]["source_ports"]  # merged per service: one port is shown as such
+            assert 20000 <= e["source"]["port"] < 60000 if ports == 1 else ports > 1
+    else:
+        assert sensor.per_packet_mode == "correlation", sensor.per_packet_reason
     if sensor.per_packet_mode == "correlation":
         flows = [e for e in alerts if "count" in e["netagent"]["conntrack"]]
         assert flows, "no per-flow insert-failed events"

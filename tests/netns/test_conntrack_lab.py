@@ -12,10 +12,12 @@ import time
 
 import pytest
 
+from kmod import ensure_nf_conntrack
 from lab import veth_pair
 from netagent.conntrack.namespaces import read_snapshot
 from netagent.conntrack.stats import delta, parse
 from netagent.netns import current, resolve
+from timescale import scaled
 
 CONNTRACK_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
 
@@ -113,7 +115,7 @@ def settled_counters(ns, quiet=0.1, timeout=5.0):
     """The counters once they stopped moving: packets still queued in a
     backlog (softirq deferred to ksoftirqd) are processed before we compare."""
     last = kernel_counters(ns)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         time.sleep(quiet)
         now = kernel_counters(ns)
@@ -128,7 +130,7 @@ def kernel_count(ns) -> int:
 
 
 def run_py(ns, code, *args, timeout=60):
-    return ns.run(sys.executable, "-c", code, *map(str, args), timeout=timeout)
+    return ns.run(sys.executable, "-c", code, *map(str, args), timeout=scaled(timeout))
 
 
 @contextlib.contextmanager
@@ -188,7 +190,7 @@ def clash_lab(netns_factory):
     return client, router, server
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(scaled(60))
 def test_counters_are_read_inside_the_namespace_not_the_agents(ct_pair):
     """/proc/self/net would show the agent's main thread's namespace; the
     reader must see the target's, exactly as another process inside it does."""
@@ -205,7 +207,7 @@ def test_counters_are_read_inside_the_namespace_not_the_agents(ct_pair):
     assert ours.active and ours.max == int(open(CONNTRACK_MAX).read())
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(scaled(60))
 def test_conntrack_max_is_restored_when_the_block_fails():
     original = open(CONNTRACK_MAX).read().strip()
     with pytest.raises(RuntimeError):
@@ -221,7 +223,7 @@ def summed(events, name: str) -> int:
 
 
 def wait_until(predicate, timeout=10.0, step=0.05):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         if predicate():
             return True
@@ -229,10 +231,11 @@ def wait_until(predicate, timeout=10.0, step=0.05):
     return False
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(scaled(60))
 def test_a_watched_namespace_that_disappears_is_dropped_with_a_note(netns_factory):
     from netagent.probes.conntrack import ConntrackSensor
 
+    ensure_nf_conntrack()  # loaded before the agent starts (tests/kernel covers after)
     ns = netns_factory()
     notes = []
     sensor = ConntrackSensor(netns=[ns.name], per_packet="off", announce=notes.append)

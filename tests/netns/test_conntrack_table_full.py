@@ -15,7 +15,7 @@ import pytest
 
 from agent_proc import NETAGENT, AgentProcess
 from netagent.conntrack.stats import delta
-from netagent.probes.conntrack import ConntrackSensor
+from netagent.probes.conntrack import ConntrackSensor, kprobes_unavailable_reason
 from test_conntrack_lab import (  # noqa: F401 - ct_pair is a fixture
     UDP_NEW_FLOWS,
     conntrack_max,
@@ -27,6 +27,7 @@ from test_conntrack_lab import (  # noqa: F401 - ct_pair is a fixture
     summed,
     wait_until,
 )
+from timescale import scaled
 
 FLOWS = 40
 HEADROOM = 10  # entries allowed beyond what the namespace already holds
@@ -46,7 +47,7 @@ def actions(events, action):
     return [e for e in events if e["event"]["action"] == action]
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(scaled(90))
 def test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts(ct_pair):
     client, server = ct_pair
     sensor = ConntrackSensor(netns=[server.name], interval=0.5)
@@ -77,8 +78,22 @@ def test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts(ct_pair
     assert counter_alert and counter_alert[0]["event"]["kind"] == "alert"
     assert f"{kernel['drop']} packets dropped" in counter_alert[0]["message"]
 
-    # per flow, by correlation with NETFILTER_DROP (this kernel has no kprobes)
-    if sensor.per_packet_mode == "correlation":
+    # per packet, from kprobes where the kernel has them: every dropped packet and every eviction
+    assert sensor.per_packet_mode == ("kprobe" if kprobes_unavailable_reason() is None else "correlation"), \
+        sensor.per_packet_reason
+    if sensor.per_packet_mode == "kprobe":
+        flows = [e for e in alerts if e["netagent"]["conntrack"].get("attribution") == "kprobe"]
+        assert sum(e["netagent"]["conntrack"]["count"] for e in flows) == kernel["drop"]
+        for e in flows:
+            assert e["netagent"]["conntrack"]["outcome"] == "dropped"
+            assert e["destination"] == {"ip": "10.78.0.2", "port": 9999}
+            assert e["source"]["ip"] == "10.78.0.1" and e["network"]["transport"] == "udp"
+        evicted = [e for e in events if e["netagent"]["conntrack"].get("outcome") == "evicted-other-entry"]
+        # one event per packet that made room; a call may evict several entries (early_drop counts entries)
+        assert bool(evicted) == bool(kernel["early_drop"])
+        assert sum(e["netagent"]["conntrack"]["count"] for e in evicted) <= kernel["early_drop"]
+    # per flow, by correlation with NETFILTER_DROP (kernels without kprobes)
+    elif sensor.per_packet_mode == "correlation":
         flows = [e for e in alerts if "count" in e["netagent"]["conntrack"]]
         assert sum(e["netagent"]["conntrack"]["count"] for e in flows) == kernel["drop"]
         for e in flows:
@@ -88,12 +103,12 @@ def test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts(ct_pair
             assert e["source"]["ip"] == "10.78.0.1" and e["network"]["transport"] == "udp"
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(scaled(90))
 def test_the_command_reports_the_same_numbers_as_the_kernel(ct_pair):
     client, server = ct_pair
     agent = AgentProcess("trace", "conntrack", "--netns", server.name, "--interval", "300ms", "-o", "json")
     try:
-        agent.wait_for_stderr("watching conntrack in", timeout=30)
+        agent.wait_for_stderr("watching conntrack in", timeout=scaled(30))
         before = kernel_counters(server)
         with conntrack_max(kernel_count(server) + HEADROOM):
             run_py(client, UDP_NEW_FLOWS, "10.78.0.2", 9999, FLOWS)
@@ -116,7 +131,7 @@ def test_the_command_reports_the_same_numbers_as_the_kernel(ct_pair):
     assert f"drop={kernel['drop']}" in summary and "lost: kernel 0" in summary
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(scaled(60))
 def test_all_namespaces_finds_the_ones_with_conntrack_in_use(ct_pair):
     client, server = ct_pair
     sensor = ConntrackSensor(netns=["all"], interval=0.5, per_packet="off")
@@ -135,7 +150,7 @@ def test_all_namespaces_finds_the_ones_with_conntrack_in_use(ct_pair):
     assert not [e for e in events if e["netagent"]["conntrack"]["netns"] == client.inode]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(scaled(60))
 def test_a_namespace_named_by_pid(ct_pair):
     _, server = ct_pair
     holder = server.popen("sleep", "30")
@@ -155,7 +170,7 @@ def test_a_namespace_named_by_pid(ct_pair):
         holder.wait()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(scaled(60))
 def test_not_root_exits_77():
     from unprivileged import run_as_nobody
 

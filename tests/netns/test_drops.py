@@ -13,6 +13,7 @@ import pytest
 
 from agent_proc import AgentProcess
 from lab import veth_pair
+from timescale import scaled
 
 SENDER = r"""
 import socket, sys
@@ -53,13 +54,13 @@ def snmp_counter(ns, family: str) -> int:
 
 
 def send(ns, family, src, sport, dst, dport, count):
-    out = ns.run("python3", "-c", SENDER, family, src, str(sport), dst, str(dport), str(count), timeout=120)
+    out = ns.run("python3", "-c", SENDER, family, src, str(sport), dst, str(dport), str(count), timeout=scaled(120))
     assert int(out.stdout) == count
 
 
 def run_agent(server, *extra):
     agent = AgentProcess("trace", "drops", "--netns", server.name, "--output", "json", "--interval", "0.5", *extra)
-    line = agent.wait_for_stderr("attached to")
+    line = agent.wait_for_stderr("attached to", timeout=scaled(20))
     assert "tracepoint skb:kfree_skb" in line
     return agent
 
