@@ -41,6 +41,14 @@ class BccMissing(ProbeUnavailable):
         super().__init__(msg)
 
 
+class MalformedData(ProbeUnavailable, ValueError):
+    """Input from the kernel or the network that is not in the format we read:
+    a /proc file, a tracefs format file, a DNS packet. Parsers raise only this
+    (or a subclass) whatever the bytes, so a hostile or new-format input is
+    one clear line, never a traceback. A ValueError too, for callers that
+    catch that."""
+
+
 class InsufficientPrivilege(AgentError):
     exit_code = EXIT_NOPERM
 
