@@ -17,13 +17,16 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # dnsmasq-base + bind9-dnsutils: a real DNS server and dig for the DNS tests;
 # rsyslog + rsyslog-gnutls + gnutls-bin: a real TLS syslog collector in tests;
 # prometheus: a real scraper in tests; dpkg-dev/fakeroot: `make deb`;
-# debootstrap: installing the .deb into a clean Debian root in tests.
+# debootstrap: installing the .deb into a clean Debian root in tests;
+# containerd + containernetworking-plugins + gcc/libc6-dev (a static pause
+# binary): the Kubernetes lab node (packaging/lab); podman + buildah: `make image`.
 PACKAGES=(
   python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool
   linux-headers-amd64 kmod iproute2 iptables nftables conntrack ethtool
   iputils-ping iputils-tracepath dnsmasq-base bind9-dnsutils
   rsyslog rsyslog-gnutls gnutls-bin openssl prometheus
   dpkg-dev fakeroot systemd procps debootstrap
+  containerd containernetworking-plugins gcc libc6-dev podman buildah
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
