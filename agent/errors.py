@@ -41,12 +41,12 @@ class BccMissing(ProbeUnavailable):
         super().__init__(msg)
 
 
-class MalformedData(ProbeUnavailable, ValueError):
+class MalformedData(ProbeUnavailable):
     """Input from the kernel or the network that is not in the format we read:
     a /proc file, a tracefs format file, a DNS packet. Parsers raise only this
     (or a subclass) whatever the bytes, so a hostile or new-format input is
-    one clear line, never a traceback. A ValueError too, for callers that
-    catch that."""
+    one clear line, never a traceback. Deliberately not a ValueError: the
+    daemon reads ValueError from a sensor as a rejected configuration."""
 
 
 class InsufficientPrivilege(AgentError):

@@ -118,10 +118,12 @@ def plan_sensor(module: SensorModule | None, cfg: dict, section: str | None = No
         if announce is not None and hasattr(sensor, "announce"):  # sensors that narrate (drops, conntrack)
             sensor.announce = announce
         status = sensor.check()
-    except (UsageError, SchemaError, ValueError) as exc:
+    except (UsageError, SchemaError) as exc:
         raise SensorConfigRejected(section, str(exc)) from None
-    except AgentError as exc:
+    except AgentError as exc:  # before ValueError: MalformedData may be both, and is the node's, not the config's
         return SensorPlan(section, "off", str(exc), error=exc)
+    except ValueError as exc:
+        raise SensorConfigRejected(section, str(exc)) from None
     except Exception as exc:  # a sensor bug must not hide the others
         return SensorPlan(section, "off", f"internal error while checking: {type(exc).__name__}: {exc}")
     if not status.can_run:

@@ -11,7 +11,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 
-from netagent.errors import ProbeUnavailable
+from netagent.errors import MalformedData, ProbeUnavailable
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -19,6 +19,17 @@ _FIELD = re.compile(
     r"^\s*field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);\s*signed:(?P<signed>\d);"
 )
 _SYMBOL_ENTRY = re.compile(r"\{\s*(-?(?:0x[0-9a-fA-F]+|\d+))\s*,\s*\"([^\"]*)\"\s*\}")
+
+
+class TracefsFormatError(MalformedData):
+    """A tracepoint format file we cannot read."""
+
+
+def _number(text: str, base: int, what: str) -> int:
+    try:
+        return int(text, base)
+    except ValueError:
+        raise TracefsFormatError(f"{what}: {text[:40]!r} is not a number") from None
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,7 @@ def parse_format(text: str, system: str = "", event: str = "") -> TracepointForm
         if line.startswith("name:") and not event:
             event = line.split(":", 1)[1].strip()
         elif line.startswith("ID:"):
-            tp_id = int(line.split(":", 1)[1])
+            tp_id = _number(line.split(":", 1)[1].strip(), 10, "ID")
         elif line.startswith("print fmt:"):
             print_fmt = line.split(":", 1)[1].strip()
         else:
@@ -103,11 +114,12 @@ def _parse_field(m: re.Match) -> Field:
     array_len = None
     arr = re.search(r"\[(\d*)\]\s*$", decl)
     if arr:
-        array_len = int(arr.group(1)) if arr.group(1) else 0
+        array_len = _number(arr.group(1), 10, "array length") if arr.group(1) else 0
         decl = decl[: arr.start()].strip()
     name = re.split(r"[\s*]+", decl)[-1]
     ctype = decl[: len(decl) - len(name)].strip()
-    return Field(name, ctype, int(m.group("offset")), int(m.group("size")), m.group("signed") == "1", array_len)
+    return Field(name, ctype, _number(m.group("offset"), 10, "offset"), _number(m.group("size"), 10, "size"),
+                 m.group("signed") == "1", array_len)
 
 
 def parse_print_symbolic(print_fmt: str) -> dict[str, dict[int, str]]:
@@ -115,7 +127,8 @@ def parse_print_symbolic(print_fmt: str) -> dict[str, dict[int, str]]:
     out: dict[str, dict[int, str]] = {}
     for m in re.finditer(r"__print_symbolic\(\s*REC->(\w+)\s*,", print_fmt):
         body = _balanced_args(print_fmt, m.end())
-        table = {int(v, 0): name for v, name in _SYMBOL_ENTRY.findall(body)}
+        table = {_number(v, 0, f"__print_symbolic value of {m.group(1)}"): name
+                 for v, name in _SYMBOL_ENTRY.findall(body)}
         out.setdefault(m.group(1), {}).update(table)
     return out
 

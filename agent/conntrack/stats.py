@@ -17,6 +17,8 @@ repeats the namespace's current entry count, so it is taken once, not summed.
 
 from dataclasses import dataclass
 
+from netagent.errors import MalformedData
+
 # Header names -> the names `conntrack -S` and the kernel's struct
 # ip_conntrack_stat use, which is what users search for.
 COLUMN_NAMES = {
@@ -55,8 +57,8 @@ class StatTable:
         return len(self.per_cpu)
 
 
-class StatFormatError(ValueError):
-    pass
+class StatFormatError(MalformedData, ValueError):
+    """/proc/net/stat/nf_conntrack in a layout we cannot read (a ValueError too, as before)."""
 
 
 def parse(text: str) -> StatTable:

@@ -30,6 +30,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from netagent.dns.search import to_wire_text
+from netagent.errors import MalformedData
 from netagent.events import safe_text
 
 HEADER = struct.Struct("!HHHHHH")
@@ -61,7 +62,9 @@ REASONS = (
 )
 
 
-class InvalidResponse(Exception):
+class InvalidResponse(MalformedData):
+    """A packet that is not a valid answer to our query; `reason` is one of REASONS."""
+
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(reason)
         self.reason = reason

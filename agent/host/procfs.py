@@ -16,6 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from netagent.errors import MalformedData
+
+
+class ProcFormatError(MalformedData, ValueError):
+    """A /proc file whose layout we cannot read (a ValueError too, as callers expect)."""
+
 # /proc/stat cpu columns in kernel order. Older kernels stop early:
 # steal appeared in 2.6.11, guest in 2.6.24, guest_nice in 2.6.33.
 CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
@@ -114,8 +120,11 @@ def parse_softnet_stat(text: str) -> list[SoftnetRow]:
         if not parts:
             continue
         if len(parts) < 3:
-            raise ValueError(f"softnet_stat line {lineno + 1}: {len(parts)} columns, expected at least 3")
-        values = [int(p, 16) for p in parts]
+            raise ProcFormatError(f"softnet_stat line {lineno + 1}: {len(parts)} columns, expected at least 3")
+        try:
+            values = [int(p, 16) for p in parts]
+        except ValueError:
+            raise ProcFormatError(f"softnet_stat line {lineno + 1} is not hexadecimal: {line[:80]!r}") from None
         n = len(values)
         rows.append(
             SoftnetRow(
