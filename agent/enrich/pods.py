@@ -91,6 +91,7 @@ class PodIndex:
         self.by_netns: dict[int, PodInfo] = {}
         self.by_ip: dict[str, PodInfo] = {}
         self.by_name: dict[str, PodInfo] = {}
+        self.generation = 0
         self.healthy: bool | None = None  # None until the first refresh
         self.last_error: str | None = None
         self.refreshes = 0
@@ -164,6 +165,7 @@ class PodIndex:
                     by_ip[ip] = pod
             by_name[pod.key] = pod
         self.by_netns, self.by_ip, self.by_name = by_netns, by_ip, by_name
+        self.generation += 1  # views derived from the index (NetnsAttributor) are rebuilt
 
     def start(self) -> None:
         self.refresh()

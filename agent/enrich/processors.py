@@ -1,8 +1,8 @@
 """The enrichment processors: each is `(event) -> event`, run in a chain (structlog style).
 
-    NetnsNamer       netns inode -> its display name (ip-netns name, pid:N, host)
+    NetnsAttributor  netns inode -> pod and container, else the namespace's name (ip-netns
+                     name, pid:N); the node's namespace -> host_network
     InterfaceNamer   (netns inode, ifindex) -> interface name, by netlink with a netnsid
-    PodAttributor    netns inode -> pod and container; host namespace -> host_network
     PeerAttributor   source.ip / destination.ip -> the pod that has that IP
     NodeNamer        kubernetes.node.name
 
@@ -89,40 +89,6 @@ class NetnsDirectory:
             return None
         self._known.setdefault(ns.inode, ns)
         return ns.inode
-
-
-def event_netns(event: dict, directory: NetnsDirectory) -> int | None:
-    """The namespace inode an event is about, or None."""
-    where = NETNS_FIELD.get(event["event"].get("dataset"))
-    if where is None:
-        return None
-    body = event.get("netagent", {}).get(where[0])
-    if not body:
-        return None
-    value = body.get(where[1])
-    if isinstance(value, int):
-        return value or None
-    if isinstance(value, str):
-        return directory.inode_of(value)
-    return None
-
-
-class NetnsNamer:
-    """netagent.drop.netns_name: the namespace's display name when the sensor left it out."""
-
-    def __init__(self, directory: NetnsDirectory):
-        self.directory = directory
-
-    def __call__(self, event: dict) -> dict:
-        if event["event"].get("dataset") != "netagent.drops":
-            return event
-        drop = event["netagent"]["drop"]
-        inode = drop.get("netns")
-        if inode and not drop.get("netns_name"):
-            ns = self.directory.get(inode)
-            if ns is not None:
-                drop["netns_name"] = ns.name
-        return event
 
 
 class InterfaceNamer:
@@ -228,39 +194,79 @@ def peer_fields(pod: PodInfo) -> dict:
     return cached
 
 
-class PodAttributor:
-    """The pod whose namespace the event happened in; host-namespace events are flagged."""
+HOST_NETWORK, ATTRIBUTION_FAILED = 1, 2
 
-    def __init__(self, pods, directory: NetnsDirectory, failures: Failures, node: str | None):
+
+class NetnsAttributor:
+    """What names an event's namespace: its pod, else the namespace's own name; the node's
+    namespace is flagged host_network (every hostNetwork pod shares it: no single pod to name).
+
+    The answer is worked out once per namespace and kept until the pod index
+    changes (each refresh), so an event costs a few dict lookups; a namespace
+    nothing could name is looked up again after DIRECTORY_RESCAN_SPACING.
+    """
+
+    def __init__(self, pods, directory: NetnsDirectory, failures: Failures, node: str | None, clock=time.monotonic):
         self.pods = pods
         self.directory = directory
         self.failures = failures
+        self.node_fields = {"kubernetes": {"node": {"name": node}}} if node and pods is not None else None
         self.node = node
+        self.clock = clock
         self.host_inode = directory.host.inode
+        self._views: dict[int, tuple] = {}
+        self._generation = None
 
     def __call__(self, event: dict) -> dict:
-        inode = event_netns(event, self.directory)
-        if inode is None:
+        where = NETNS_FIELD.get(event["event"].get("dataset"))
+        if where is None:
             return event
-        if inode == self.host_inode:
-            # the node's own namespace, shared by every hostNetwork pod: no single pod to name
-            event["netagent"]["host_network"] = True
+        body = event["netagent"].get(where[0])
+        if not body:
             return event
-        pod = self.pods.by_netns.get(inode)
-        if pod is None:
-            if self.pods.healthy is False:
+        inode = body.get(where[1])
+        if type(inode) is not int:
+            if not isinstance(inode, str):
+                return event
+            inode = self.directory.inode_of(inode)
+            if inode is None:
+                return event
+        generation = self.pods.generation if self.pods is not None else 0
+        if generation != self._generation:
+            self._views = {}
+            self._generation = generation
+        view = self._views.get(inode)
+        if view is None or (view[3] and self.clock() >= view[3]):
+            view = self._views[inode] = self._view(inode)
+        fields, name, flags, _retry = view
+        if fields:
+            event.update(fields)
+        if name and (where[0] == "drop" or fields and "orchestrator" in fields):
+            body["netns_name"] = name
+        if flags:
+            if flags & HOST_NETWORK:
+                event["netagent"]["host_network"] = True
+            if flags & ATTRIBUTION_FAILED:
                 self.failures.count("runtime_unavailable")
-            else:
-                self.pods.note_miss(inode)
-            return event
-        fields = pod_fields(pod, self.node)
-        for key, value in fields.items():
-            event[key] = value
-        body = event["netagent"].get(NETNS_FIELD[event["event"]["dataset"]][0])
-        if "netns_name" in body or "netns" in body and isinstance(body["netns"], int):
-            # the namespace's display name, which findings and tables show, is the pod users know
-            body["netns_name"] = pod_label(pod)
         return event
+
+    def _view(self, inode: int) -> tuple:
+        """(top-level fields to set, netns display name, flags, retry time or 0) for a namespace."""
+        if inode == self.host_inode:
+            return self.node_fields, "host", HOST_NETWORK, 0
+        pods = self.pods
+        pod = pods.by_netns.get(inode) if pods is not None else None
+        if pod is not None:
+            return pod_fields(pod, self.node), pod_label(pod), 0, 0
+        flags = 0
+        if pods is not None:
+            if pods.healthy is False:
+                flags = ATTRIBUTION_FAILED  # may be a pod: we cannot tell while the runtime is down
+            else:
+                pods.note_miss(inode)
+        ns = self.directory.get(inode)
+        retry = 0 if ns is not None else self.clock() + DIRECTORY_RESCAN_SPACING
+        return self.node_fields, ns.name if ns else None, flags, retry
 
 
 class PeerAttributor:
@@ -291,7 +297,7 @@ class PeerAttributor:
 
 
 class NodeNamer:
-    """kubernetes.node.name on every event, once Kubernetes attribution is on."""
+    """kubernetes.node.name on the events that name no namespace (heartbeats, host metrics)."""
 
     def __init__(self, node: str):
         self.node = {"name": node}

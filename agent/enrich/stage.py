@@ -8,7 +8,7 @@ A processor that raises leaves the event as it was, counted by cause.
 from netagent.configschema import positive
 from netagent.enrich.pods import DEFAULT_GRACE, DEFAULT_REFRESH, CriSource, PodIndex
 from netagent.enrich.processors import (
-    Failures, InterfaceNamer, NetnsDirectory, NetnsNamer, NodeNamer, PeerAttributor, PodAttributor, node_name,
+    Failures, InterfaceNamer, NetnsAttributor, NetnsDirectory, NodeNamer, PeerAttributor, node_name,
 )
 
 CONFIG_SECTION = "kubernetes"
@@ -33,9 +33,10 @@ class Enricher:
         self.failures = Failures()
         self.directory = NetnsDirectory(pods)
         self.node = node
-        chain = [NetnsNamer(self.directory), InterfaceNamer(self.directory, self.failures)]
+        chain = [NetnsAttributor(pods, self.directory, self.failures, node),
+                 InterfaceNamer(self.directory, self.failures)]
         if pods is not None:
-            chain += [PodAttributor(pods, self.directory, self.failures, node), PeerAttributor(pods)]
+            chain.append(PeerAttributor(pods))
             if node:
                 chain.append(NodeNamer(node))
         self.processors = chain
@@ -73,12 +74,23 @@ class Enricher:
 
     # -- the chain ---------------------------------------------------------------------
     def __call__(self, event: dict) -> dict:
+        self.enriched += 1
+        try:  # one try for the chain: the common case pays for no more
+            for processor in self.processors:
+                event = processor(event)
+            return event
+        except Exception:
+            return self._carefully(event)
+
+    def _carefully(self, event: dict) -> dict:
+        """The chain again, each processor on its own: one that raises is counted and skipped,
+        the event goes on (processors only add fields, so running one twice is harmless)."""
         for processor in self.processors:
             try:
                 event = processor(event)
             except Exception:  # a bug in one processor must not cost the event
-                self.failures.count(f"error:{type(processor).__name__}")
-        self.enriched += 1
+                name = getattr(processor, "__name__", None) or type(processor).__name__
+                self.failures.count(f"error:{name}")
         return event
 
     def enrich_all(self, events: list[dict]) -> list[dict]:

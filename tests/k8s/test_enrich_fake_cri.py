@@ -135,7 +135,7 @@ def test_interface_name_from_netlink_netnsid_without_entering_the_namespace(cri,
     try:
         ev = enricher(drop_event(sb.ns.inode, ifindex=ifindex))
         assert ev["netagent"]["drop"]["interface"] == "podeth7"
-        assert ev["netagent"]["drop"]["netns_name"] == f"pid:{sb.pid}"
+        assert ev["netagent"]["drop"]["netns_name"] == "pod shop/api-0"
     finally:
         enricher.stop()
 

@@ -8,7 +8,6 @@ import pytest
 
 from netagent.enrich import cri
 from netagent.enrich.cri import PodInfo, sandbox_pid
-from netagent.enrich.processors import event_netns
 from netagent.enrich.stage import Enricher
 from netagent.events import new_event
 from netagent.output import pod_cell
@@ -19,7 +18,9 @@ HOST = os.stat("/proc/self/ns/net").st_ino
 
 
 class StubIndex:
-    """What PodAttributor reads of a PodIndex."""
+    """What the processors read of a PodIndex."""
+
+    generation = 0
 
     def __init__(self, pods, healthy=True):
         self.by_netns = {p.netns_inode: p for p in pods if not p.host_network}
@@ -100,7 +101,7 @@ def test_a_failing_processor_keeps_the_event_and_is_counted():
     enricher.processors.insert(0, broken)
     ev = enricher(drop(POD.netns_inode))
     assert ev["kubernetes"]["pod"]["name"] == "api-0"  # the rest of the chain still ran
-    assert enricher.failures.by_cause == {"error:function": 1}
+    assert enricher.failures.by_cause == {"error:broken": 1}
 
 
 def test_without_kubernetes_events_keep_their_inode_and_gain_no_kubernetes_fields():
@@ -111,12 +112,17 @@ def test_without_kubernetes_events_keep_their_inode_and_gain_no_kubernetes_field
 
 
 def test_where_each_dataset_keeps_its_namespace():
-    directory = Enricher(None).directory
-    ct = new_event(dataset="netagent.conntrack", action="counters", netagent={"conntrack": {"netns": 42}})
-    mtu = new_event(dataset="netagent.mtu", action="path-mtu", netagent={"mtu": {"netns_inode": 43}})
+    enricher = Enricher(StubIndex([POD]), node="n")
+    ct = new_event(dataset="netagent.conntrack", action="counters",
+                   netagent={"conntrack": {"netns": POD.netns_inode, "netns_name": "pid:1"}})
+    mtu = new_event(dataset="netagent.mtu", action="path-mtu", netagent={"mtu": {"netns_inode": POD.netns_inode}})
     dns = new_event(dataset="netagent.dns", action="x", netagent={"dns": {"netns": "host"}})
     other = new_event(dataset="netagent.host", action="x", netagent={"host": {}})
-    assert [event_netns(e, directory) for e in (ct, mtu, dns, other)] == [42, 43, HOST, None]
+    assert enricher(ct)["kubernetes"]["pod"]["name"] == "api-0"
+    assert ct["netagent"]["conntrack"]["netns_name"] == "pod payments/api-0"
+    assert enricher(mtu)["kubernetes"]["pod"]["name"] == "api-0"
+    assert enricher(dns)["netagent"]["host_network"] is True
+    assert enricher(other)["kubernetes"] == {"node": {"name": "n"}} and "host_network" not in other["netagent"]
 
 
 def test_runtime_socket_detection_order(tmp_path, monkeypatch):
