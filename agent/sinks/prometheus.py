@@ -10,6 +10,9 @@ Metrics:
   netagent_pod_drops_total{namespace,pod,reason}  drops in a pod's network namespace (named by enrichment)
   netagent_pod_conntrack_total{namespace,pod,counter}  conntrack counter rises (insert_failed, drop,
                                                   early_drop, ...) per pod namespace; "" = not a pod's
+  netagent_mtu_probes_total{status}               path MTU probes by outcome (ok, icmp, blackhole,
+                                                  local, unreachable): blackhole = PMTU black hole
+  netagent_dns_queries_total / netagent_dns_lost_total   DNS probe queries sent / not answered
   netagent_events_total{dataset}                  events emitted by the pipeline
   netagent_events_lost_total{place,sensor}        kernel | queue | sink | spool; sensor="" when the
                                                   loss is not one sensor's (sinks, spool, retired sensors)
@@ -128,6 +131,13 @@ class PrometheusSink(Sink):
         self._pod_conntrack = Counter("netagent_pod_conntrack", "Conntrack counter rises in a pod's network "
                                       "namespace (insert_failed, drop, early_drop, ...)",
                                       ["namespace", "pod", "counter"], registry=self.registry)
+        # probe outcomes without the target as a label (no addresses become labels);
+        # the events carry the target
+        self._mtu_probes = Counter("netagent_mtu_probes", "Path MTU probes by outcome (blackhole: large "
+                                   "packets vanish without an ICMP error)", ["status"], registry=self.registry)
+        self._dns_queries = Counter("netagent_dns_queries", "DNS probe queries sent", registry=self.registry)
+        self._dns_lost = Counter("netagent_dns_lost", "DNS probe queries without an answer (timeouts, refused, "
+                                 "unreachable, errors)", registry=self.registry)
         ProcessCollector(registry=self.registry)
         try:
             self._httpd, _ = start_http_server(self.port, addr=self.host, registry=self.registry)
@@ -152,6 +162,16 @@ class PrometheusSink(Sink):
                     labels = (*pod, reason)
                     self._pod_drops.labels(*labels).inc(int(drop.get("count") or 0))
                     self._pods.track(f"{pod[0]}/{pod[1]}", self._pod_drops, labels)
+        elif ev.get("dataset") == "netagent.mtu" and ev.get("action") == "mtu-probe":
+            status = event.get("netagent", {}).get("mtu", {}).get("status")
+            if status:
+                self._mtu_probes.labels(str(status)).inc()
+        elif ev.get("dataset") == "netagent.dns" and ev.get("action") == "dns-probe":
+            dns = event.get("netagent", {}).get("dns", {})
+            queries, answered = dns.get("queries"), dns.get("answered")
+            if isinstance(queries, int) and isinstance(answered, int):
+                self._dns_queries.inc(queries)
+                self._dns_lost.inc(max(0, queries - answered))
         elif ev.get("dataset") == "netagent.conntrack" and ev.get("action") == "counters":
             deltas = event.get("netagent", {}).get("conntrack", {}).get("deltas") or {}
             with self._lock:
