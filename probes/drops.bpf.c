@@ -66,6 +66,24 @@ BPF_TABLE("percpu_hash", struct flow_key, struct flow_val, flows_a, MAX_FLOWS);
 BPF_TABLE("percpu_hash", struct flow_key, struct flow_val, flows_b, MAX_FLOWS);
 BPF_ARRAY_OF_MAPS(active_flows, "flows_a", 1);
 
+// In front of each buffer, a small direct-mapped per-CPU cache of the flows
+// seen last: a hit (consecutive drops of one flow, the common case in a
+// storm) costs an array index and a key compare instead of a hash of the
+// 64-byte key. A flow pushed out of its slot is added to the hash buffer.
+// The caches swap with the buffers (active_cache first, then active_flows:
+// a program that saw the old cache ends before the buffers swap, so what it
+// pushes out lands in the old buffer, which user space drains after both).
+#ifndef CACHE_SLOTS
+#define CACHE_SLOTS 64   /* a power of two */
+#endif
+struct flow_slot {
+    struct flow_key key;
+    struct flow_val val;   /* count == 0: empty */
+};
+BPF_PERCPU_ARRAY(cache_a, struct flow_slot, CACHE_SLOTS);
+BPF_PERCPU_ARRAY(cache_b, struct flow_slot, CACHE_SLOTS);
+BPF_ARRAY_OF_MAPS(active_cache, "cache_a", 1);
+
 // Drops that matched the filters but found the buffer full: counted, never silent.
 BPF_PERCPU_ARRAY(overflow, struct flow_val, 1);
 // Reasons selected by --reason (FILTER_REASONS=1): 1 = keep.
@@ -222,6 +240,54 @@ static __always_inline int host_matches(const struct flow_key *key)
 #endif
 }
 
+static __always_inline u32 slot_index(const struct flow_key *k)
+{
+    u32 h = k->netns ^ k->ifindex ^ k->reason ^ (u32)k->location ^ k->saddr[0] ^ k->saddr[3] ^
+            k->daddr[0] ^ k->daddr[3] ^ (((u32)k->sport << 16) | k->dport) ^ k->l4;
+    return (h * 0x9E3779B1u) >> 24 & (CACHE_SLOTS - 1);
+}
+
+static __always_inline int same_key(const struct flow_key *a, const struct flow_key *b)
+{
+    const u64 *x = (const u64 *)a, *y = (const u64 *)b;
+#pragma unroll
+    for (int i = 0; i < sizeof(struct flow_key) / 8; i++)
+        if (x[i] != y[i])
+            return 0;
+    return 1;
+}
+
+// Add a cache slot's counts to this CPU's copy of the flow in the active buffer.
+static __always_inline void push_out(const struct flow_slot *slot)
+{
+    int zero = 0;
+    void *flows = active_flows.lookup(&zero);
+    if (!flows)
+        return;
+    struct flow_val *val = bpf_map_lookup_elem(flows, (void *)&slot->key);
+    if (!val) {
+        if (bpf_map_update_elem(flows, (void *)&slot->key, (void *)&slot->val, BPF_NOEXIST) == 0)
+            return;
+        // -EEXIST: another CPU inserted the same flow just now; our copy is zero.
+        val = bpf_map_lookup_elem(flows, (void *)&slot->key);
+        if (!val) {
+            struct flow_val *lost = overflow.lookup(&zero);
+            if (lost) {
+                lost->count += slot->val.count;
+                lost->bytes += slot->val.bytes;
+                lost->last_ns = slot->val.last_ns;
+            }
+            return;
+        }
+    }
+    if (!val->first_ns || slot->val.first_ns < val->first_ns)
+        val->first_ns = slot->val.first_ns;
+    val->count += slot->val.count;
+    val->bytes += slot->val.bytes;
+    if (slot->val.last_ns > val->last_ns)
+        val->last_ns = slot->val.last_ns;
+}
+
 static __always_inline int record_drop(const void *skb, u64 location, u32 reason, const int direct)
 {
     struct flow_key key = {};
@@ -286,32 +352,27 @@ static __always_inline int record_drop(const void *skb, u64 location, u32 reason
 
     u64 len = FIELD(u32, skb, OFF_SKB_LEN, direct);
     u64 now = tick_now();
-    void *flows = active_flows.lookup(&zero);
-    if (!flows)
+    void *cache = active_cache.lookup(&zero);
+    if (!cache)
         return 0;
-    struct flow_val *val = bpf_map_lookup_elem(flows, &key);
-    if (!val) {
-        struct flow_val init = {.count = 1, .bytes = len, .first_ns = now, .last_ns = now};
-        if (bpf_map_update_elem(flows, &key, &init, BPF_NOEXIST) == 0)
-            return 0;
-        // -EEXIST: another CPU inserted the same flow just now; our copy is zero.
-        val = bpf_map_lookup_elem(flows, &key);
-        if (!val) {
-            struct flow_val *lost = overflow.lookup(&zero);
-            if (lost) {
-                lost->count += 1;
-                lost->bytes += len;
-                lost->last_ns = now;
-            }
-            return 0;
-        }
+    u32 idx = slot_index(&key);
+    struct flow_slot *slot = bpf_map_lookup_elem(cache, &idx);
+    if (!slot)
+        return 0;
+    if (slot->val.count && same_key(&slot->key, &key)) {
+        // This CPU's copy: no other CPU writes it, so no atomics.
+        slot->val.count += 1;
+        slot->val.bytes += len;
+        slot->val.last_ns = now;
+        return 0;
     }
-    // This CPU's copy: no other CPU writes it, so no atomics.
-    if (!val->first_ns)
-        val->first_ns = now;
-    val->count += 1;
-    val->bytes += len;
-    val->last_ns = now;
+    if (slot->val.count)
+        push_out(slot);
+    slot->key = key;
+    slot->val.count = 1;
+    slot->val.bytes = len;
+    slot->val.first_ns = now;
+    slot->val.last_ns = now;
     return 0;
 }
 

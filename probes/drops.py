@@ -11,6 +11,7 @@ buffers, which loses and double-counts nothing (see drops.bpf.c).
 import ctypes
 import ipaddress
 import platform
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -41,6 +42,9 @@ ATTACH_MODES = ("auto", "tp_btf", "raw_tracepoint", "tracepoint", "kprobe")
 # 5.17-6.10 kfree_skb_reason(skb, reason).
 KPROBE_FUNCTIONS = ("sk_skb_reason_drop", "kfree_skb_reason")
 MAX_FLOWS = 10240
+# Per-CPU direct-mapped cache slots in front of the flow buffer (drops.bpf.c):
+# a power of two. Flows in them count on top of MAX_FLOWS until the next poll.
+CACHE_SLOTS = 64
 MAX_REASONS = 1024
 PROTO_CLASSES = {"tcp": 1, "udp": 2, "icmp": 3, "other": 4}
 # handover_state values (drops.bpf.c), as the u32 the map holds
@@ -270,6 +274,7 @@ class DropSensor(Sensor):
         self._loaded: bpfchild.LoadedProgram | None = None
         self._buffers = None
         self._active = 0
+        self._drain_lock = threading.Lock()
         self._reasons: dict[int, str] = {}
         self._has_reason = True
         self._symbolizer = Symbolizer()
@@ -377,7 +382,8 @@ class DropSensor(Sensor):
         if function is not None:
             self._has_reason = True  # the kprobe reads the reason argument itself
         macros, prelude = self._build_macros(fmt)
-        setup = [{"map": "active_flows", "key": 0, "map_fd": "flows_a"}]
+        setup = [{"map": "active_flows", "key": 0, "map_fd": "flows_a"},
+                 {"map": "active_cache", "key": 0, "map_fd": "cache_a"}]
         setup += [{"map": "reason_filter", "key": v, "value": "01"} for v in wanted_reasons if v < MAX_REASONS]
         if predecessor is not None:
             setup.append({"map": "handover_state", "key": 0, "value": HANDOVER_STANDBY.hex()})
@@ -390,7 +396,8 @@ class DropSensor(Sensor):
             path, program, function = self._plan_attach(fmt, "raw_tracepoint")
             loaded = self._load(path, program, function, macros, prelude, setup)
         self._loaded, self._active = loaded, 0
-        self._buffers = (loaded.maps["flows_a"], loaded.maps["flows_b"])
+        self._buffers = ((loaded.maps["cache_a"], loaded.maps["flows_a"]),
+                         (loaded.maps["cache_b"], loaded.maps["flows_b"]))
         self.attach_path, self._program = path, program
         if predecessor is not None:
             # the predecessor's notes first (the slot update waits for an RCU
@@ -435,7 +442,8 @@ class DropSensor(Sensor):
         target = {"tp_btf": TRACEPOINT[1], "raw_tracepoint": TRACEPOINT[1],
                   "tracepoint": ":".join(TRACEPOINT)}.get(kind, function)
         spec = bpfchild.ProgramSpec("drops", program.decode(), kind, target, macros, prelude,
-                                    maps=["flows_a", "flows_b", "active_flows", "overflow", "handover_state",
+                                    maps=["flows_a", "flows_b", "active_flows", "cache_a", "cache_b", "active_cache",
+                                          "overflow", "handover_state",
                                           "handover_marker", "pred_marker"], setup=setup,
                                     attach_btf_id=self._tp_btf_id() if kind == "tp_btf" else 0)
         loaded = bpfchild.load(spec)
@@ -458,9 +466,10 @@ class DropSensor(Sensor):
         return compile_program("drops", macros, prelude)
 
     def poll(self) -> list[dict]:
-        if self._loaded is None:
-            return []
-        flows = self._swap_and_drain()
+        with self._drain_lock:  # a reload's final poll may race the runner's: one drain at a time
+            if self._loaded is None:
+                return []
+            flows = self._swap_and_drain()
         now = time.time()
         events = []
         for key, val in flows:
@@ -528,6 +537,7 @@ class DropSensor(Sensor):
         macros["KPROBE_RETURN_FROM"] = _kprobe_return_from()
         macros["USE_TICK_CLOCK"] = 1
         macros["MAX_FLOWS"] = self.max_flows
+        macros["CACHE_SLOTS"] = CACHE_SLOTS
         macros["MAX_REASONS"] = MAX_REASONS
         macros.update(self._filter_macros())
         return macros, prelude
@@ -570,18 +580,37 @@ class DropSensor(Sensor):
         return m
 
     def _swap_and_drain(self) -> list[tuple["FlowKey", "FlowVal"]]:
-        """Point the program at the other buffer, then empty the old one.
+        """Point the program at the other cache and buffer, then empty the old ones.
 
-        The update of the array-of-maps slot returns only after an RCU grace
+        The update of an array-of-maps slot returns only after an RCU grace
         period, i.e. after every program that could still be writing into the
-        old buffer has finished; reading then clearing it is exact. One batch
-        call reads and clears it; the per-CPU copies are summed here.
+        old map has finished. The cache swaps first: a program that saw the
+        old cache ends before the buffers swap, so what it pushes out of the
+        cache lands in the old buffer. Reading then clearing both is exact.
+        The buffer drains in one batch call; per-CPU copies are merged here.
         """
-        old = self._buffers[self._active]
+        old_cache, old_flows = self._buffers[self._active]
         self._active ^= 1
-        new = self._buffers[self._active]
-        self._loaded.maps["active_flows"].update(b"\0\0\0\0", new.fd.to_bytes(4, "little"))
-        return [(FlowKey.from_buffer_copy(k), sum_per_cpu(old.per_cpu_values(v))) for k, v in old.drain()]
+        new_cache, new_flows = self._buffers[self._active]
+        self._loaded.maps["active_cache"].update(_ZERO_KEY, new_cache.fd.to_bytes(4, "little"))
+        self._loaded.maps["active_flows"].update(_ZERO_KEY, new_flows.fd.to_bytes(4, "little"))
+        flows: dict[bytes, FlowVal] = {}
+        for key, value in old_flows.drain():
+            for copy in old_flows.per_cpu_values(value):
+                merge_into(flows, key, FlowVal.from_buffer_copy(copy))
+        key_size = ctypes.sizeof(FlowKey)
+        zeros = bytes(old_cache.value_bytes)
+        for idx in range(old_cache.max_entries):
+            index = idx.to_bytes(4, "little")
+            value = old_cache.lookup(index)
+            if value is None or not any(value):
+                continue
+            for copy in old_cache.per_cpu_values(value):
+                val = FlowVal.from_buffer_copy(copy, key_size)
+                if val.count:
+                    merge_into(flows, copy[:key_size], val)
+            old_cache.update(index, zeros)
+        return [(FlowKey.from_buffer_copy(k), v) for k, v in flows.items()]
 
     def _update_losses(self) -> None:
         raw = self._loaded.maps["overflow"].lookup(b"\0\0\0\0")
@@ -611,20 +640,26 @@ class FlowVal(ctypes.Structure):
                 ("last_ns", ctypes.c_uint64)]
 
 
-def sum_per_cpu(copies: list[bytes]) -> FlowVal:
-    """One flow from its per-CPU copies: counts add up; the earliest first
-    time and the latest last time of the CPUs that saw it (zero = never)."""
-    total = FlowVal()
-    firsts = []
+def merge_into(flows: dict[bytes, "FlowVal"], key: bytes, val: "FlowVal") -> None:
+    """Add one per-CPU copy (or cache slot) of a flow: counts add up; the
+    earliest first time and the latest last time of the copies that saw it
+    (a zero first time = a copy that never did)."""
+    total = flows.get(key)
+    if total is None:
+        flows[key] = total = FlowVal()
+    total.count += val.count
+    total.bytes += val.bytes
+    if val.first_ns and (not total.first_ns or val.first_ns < total.first_ns):
+        total.first_ns = val.first_ns
+    total.last_ns = max(total.last_ns, val.last_ns)
+
+
+def sum_per_cpu(copies: list[bytes]) -> "FlowVal":
+    """The per-CPU copies of one value added up (merge_into's rules)."""
+    acc: dict[bytes, FlowVal] = {}
     for raw in copies:
-        v = FlowVal.from_buffer_copy(raw)
-        total.count += v.count
-        total.bytes += v.bytes
-        if v.first_ns:
-            firsts.append(v.first_ns)
-        total.last_ns = max(total.last_ns, v.last_ns)
-    total.first_ns = min(firsts) if firsts else total.last_ns
-    return total
+        merge_into(acc, b"", FlowVal.from_buffer_copy(raw))
+    return acc.get(b"", FlowVal())
 
 
 def _kprobe_return_from() -> int:

@@ -45,16 +45,21 @@ def test_kprobe_variant_attaches_where_kprobes_exist():
 
 
 def test_flows_survive_a_full_map_as_counted_losses(netns):
-    """With a 4-entry map, distinct flows beyond 4 are counted as kernel losses, not silently dropped."""
+    """With a 4-entry map, distinct flows beyond what the map and the per-CPU
+    caches in front of it hold are counted as kernel losses, not silently dropped."""
     import time
 
+    from netagent.bpfsys import possible_cpus
+    from netagent.probes.drops import CACHE_SLOTS
+
+    flows, per_flow = 300, 3
     sensor = DropSensor(DropFilters(netns=netns.name, proto="udp"), max_flows=4)
     sensor.attach()
     try:
-        sender = ("import socket\nfor p in range(20000, 20010):\n"
+        sender = (f"import socket\nfor p in range(20000, {20000 + flows}):\n"
                   "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
                   "    s.bind(('127.0.0.1', p))\n"
-                  "    [s.sendto(b'x', ('127.0.0.1', 9)) for _ in range(3)]\n")
+                  f"    [s.sendto(b'x', ('127.0.0.1', 9)) for _ in range({per_flow})]\n")
         netns.run("python3", "-c", sender)
         time.sleep(0.2)
         events = sensor.poll()
@@ -62,6 +67,7 @@ def test_flows_survive_a_full_map_as_counted_losses(netns):
         sensor.detach()
     seen = sum(e["netagent"]["drop"]["count"] for e in events)
     lost = sensor.loss_details()["map_full"]
-    assert len(events) == 4
-    assert seen + lost == 30 and lost == 18
-    assert sensor.losses()["kernel"] >= 18
+    assert seen + lost == flows * per_flow
+    assert lost >= (flows - 4 - CACHE_SLOTS * possible_cpus()) * per_flow > 0
+    assert len(events) <= 4 + CACHE_SLOTS * possible_cpus()
+    assert sensor.losses()["kernel"] >= lost

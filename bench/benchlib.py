@@ -1,0 +1,80 @@
+"""What the benchmarks share: the UDP flood, kernel counters, statistics, result files.
+
+Every benchmark compares against a baseline measured in the same run,
+interleaved round by round, and reports median, minimum and maximum.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "10"))
+# The flood runs on this CPU; agents and reference tools are left to the others.
+FLOOD_CPU = os.environ.get("BENCH_FLOOD_CPU", str(max(os.cpu_count() - 1, 0)))
+
+
+def build_flood() -> str:
+    out = os.path.join(tempfile.mkdtemp(prefix="netagent-bench-"), "udp_flood")
+    subprocess.run(["gcc", "-O2", "-o", out, os.path.join(HERE, "udp_flood.c")], check=True)
+    return out
+
+
+def flood(ns, binary: str, seconds: float, addr: str = "127.0.0.1", port: int = 9) -> tuple[int, float]:
+    """Datagrams sent to a closed port inside namespace `ns`, and the seconds it took."""
+    start = time.monotonic()
+    out = ns.run("taskset", "-c", FLOOD_CPU, binary, addr, str(port), str(seconds), timeout=seconds + 60)
+    return int(out.stdout), time.monotonic() - start
+
+
+def noports(ns) -> int:
+    """Udp NoPorts of namespace `ns`: the kernel's own count of closed-port drops."""
+    lines = [ln.split() for ln in ns.read_proc("net/snmp").splitlines() if ln.startswith("Udp:")]
+    return int(lines[1][lines[0].index("NoPorts")])
+
+
+def spread(values) -> dict:
+    values = list(values)
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def rounded(d: dict, digits: int = 3) -> dict:
+    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def write_result(name: str, result: dict) -> str:
+    os.makedirs(RESULTS, exist_ok=True)
+    result = dict(result, written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  kernel=os.uname().release, cpus=os.cpu_count())
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)
+    summary = {k: v for k, v in result.items() if not k.startswith("rounds")}
+    print(json.dumps(summary, indent=2))
+    return path
+
+
+class BpfStats:
+    """kernel.bpf_stats_enabled = 1 while in use (run_time_ns / run_cnt are counted only then)."""
+
+    PATH = "/proc/sys/kernel/bpf_stats_enabled"
+
+    def __enter__(self):
+        with open(self.PATH) as f:
+            self._saved = f.read().strip()
+        with open(self.PATH, "w") as f:
+            f.write("1")
+        return self
+
+    def __exit__(self, *exc):
+        with open(self.PATH, "w") as f:
+            f.write(self._saved)
+        return False
