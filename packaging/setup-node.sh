@@ -20,13 +20,14 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # debootstrap: installing the .deb into a clean Debian root in tests;
 # containerd + containernetworking-plugins + gcc/libc6-dev (a static pause
 # binary): the Kubernetes lab node (packaging/lab); podman + buildah: `make image`.
+# bpftrace: the reference counter the drop benchmark measures itself against.
 PACKAGES=(
   python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool
   linux-headers-amd64 kmod iproute2 iptables nftables conntrack ethtool
   iputils-ping iputils-tracepath dnsmasq-base bind9-dnsutils
   rsyslog rsyslog-gnutls gnutls-bin openssl prometheus
   dpkg-dev fakeroot systemd procps debootstrap
-  containerd containernetworking-plugins gcc libc6-dev podman buildah
+  containerd containernetworking-plugins gcc libc6-dev podman buildah bpftrace
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
