@@ -285,7 +285,8 @@ class Daemon:
 
     def _attach_sensors(self, cfg: config_mod.AgentConfig, keep: dict | None = None) -> list[SensorRunner]:
         keep = keep or {}
-        running = {r.section: r for r in self.runners if r not in keep.values()}
+        # a section is either kept as it runs or started anew (then replacing this one)
+        running = {r.section: r for r in self.runners}
         runners = []
         try:
             for module in cfg.sensor_modules:

@@ -57,6 +57,14 @@ def read_events(path):
         return []
 
 
+def drop_polls(events_path) -> int:
+    """How often the drop sensor has polled, as the latest heartbeat says."""
+    beats = [e for e in read_events(events_path) if e["event"]["action"] == "heartbeat"]
+    if not beats:
+        return 0
+    return next((s.get("polls", 0) for s in beats[-1]["netagent"]["agent"]["sensors"] if s["name"] == "drops"), 0)
+
+
 def wait_for(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,7 +176,9 @@ def test_drops_flow_to_file_and_to_a_real_prometheus(netns_factory, tmp_path, ne
                        if e["event"]["dataset"] == "netagent.drops" and e.get("destination", {}).get("port") == port)
 
         wait_for(lambda: ours() >= kernel_count, 20, f"{kernel_count} drops in the event file")
-        time.sleep(1.2)  # two more polls: nothing extra may arrive
+        # nothing extra may arrive: wait for three more polls (heartbeats report them), not a fixed time
+        polls = drop_polls(events_path)
+        wait_for(lambda: drop_polls(events_path) >= polls + 3, 30, "three more polls")
         assert ours() == kernel_count
         sample = next(e for e in read_events(events_path) if e.get("destination", {}).get("port") == port)
         assert sample["event"]["reason"] == "NO_SOCKET"
@@ -198,3 +208,93 @@ def test_drops_flow_to_file_and_to_a_real_prometheus(netns_factory, tmp_path, ne
     assert events[-1]["event"]["action"] == "agent-stopped"
     assert events[-1]["netagent"]["agent"]["lost_total"] == 0
     assert [e["event"]["sequence"] for e in events] == list(range(1, len(events) + 1))
+
+
+FLOOD = r"""
+import socket, sys, time
+src, dst, dport, stop_file = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+import os
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0))
+sent = 0
+while not os.path.exists(stop_file):
+    for _ in range(500):
+        try:
+            s.sendto(b"x" * 32, (dst, dport))
+            sent += 1
+        except OSError:
+            pass
+print(sent)
+"""
+
+
+def drops_config(path, tmp_path, netns: str, interval: str):
+    others = "".join(f"[sensors.{m.section}]\nenabled = false\n" for m in registry.load_modules()
+                     if m.loaded and m.section != "drops")
+    path.write_text(textwrap.dedent(f"""
+        [agent]
+        heartbeat = "500ms"
+        [sensors.drops]
+        netns = "{netns}"
+        interval = "{interval}"
+        [[sinks]]
+        type = "file"
+        path = "{tmp_path}/events.json"
+        """) + others)
+
+
+@pytest.mark.timeout(300)
+def test_reloads_during_a_drop_flood_count_every_drop_exactly_once(netns_factory, tmp_path):
+    """SIGHUP with a changed drop sensor while a flood runs: the new sensor attaches
+    before the old one detaches (no gap) and the two hand over between two drops
+    (no drop counted twice), so the total equals the kernel's Udp NoPorts exactly."""
+    from agent_proc import AgentProcess
+
+    client, server = netns_factory(), netns_factory()
+    veth_pair(client, server, "10.79.0.1/24", "10.79.0.2/24")
+    port = 48000 + os.getpid() % 1000
+    config = tmp_path / "agent.toml"
+    drops_config(config, tmp_path, server.name, "250ms")
+    events_path = tmp_path / "events.json"
+    agent = AgentProcess("run", "--config", str(config))
+    stop_file = tmp_path / "stop-flood"
+    flood = None
+    try:
+        agent.wait_for_stderr("started (pid", timeout=90)
+        base = no_ports(server)
+        flood = client.popen("python3", "-c", FLOOD, "10.79.0.1", "10.79.0.2", str(port), str(stop_file),
+                             stdout=subprocess.PIPE, text=True)
+        wait_for(lambda: no_ports(server) - base > 5000, 30, "the flood to start")
+        for i, interval in enumerate(["300ms", "250ms", "350ms"], start=1):
+            drops_config(config, tmp_path, server.name, interval)
+            agent.proc.send_signal(signal.SIGHUP)
+            agent.wait_for_stderr("configuration reloaded", timeout=90)
+            wait_for(lambda: sum(1 for e in read_events(events_path)
+                                 if e["event"]["action"] == "config-reloaded") >= i, 30, f"reload {i} recorded")
+            mark = no_ports(server)
+            wait_for(lambda: no_ports(server) - mark > 5000, 30, "drops between reloads")
+        stop_file.write_text("")
+        sent = int(flood.communicate(timeout=30)[0])
+        kernel_count = no_ports(server) - base
+        assert kernel_count == sent > 20000
+
+        def ours():
+            return sum(e["netagent"]["drop"]["count"] for e in read_events(events_path)
+                       if e["event"]["dataset"] == "netagent.drops" and e.get("destination", {}).get("port") == port)
+
+        wait_for(lambda: ours() >= kernel_count, 30, f"{kernel_count} drops in the event file")
+        # nothing more may arrive: three more polls of the running drop sensor
+        polls = drop_polls(events_path)
+        wait_for(lambda: drop_polls(events_path) >= polls + 3, 30, "three more polls")
+        assert ours() == kernel_count, f"counted {ours()} drops, the kernel {kernel_count}"
+        reloaded = [e for e in read_events(events_path) if e["event"]["action"] == "config-reloaded"]
+        assert [r["netagent"]["agent"]["sensors_restarted"] for r in reloaded] == [["drops"]] * 3
+    finally:
+        stop_file.write_text("")
+        if flood and flood.poll() is None:
+            flood.kill()
+        code, _ = agent.stop(timeout=30)
+    assert code == 0, "".join(agent.stderr_lines)
+    events = read_events(events_path)
+    assert events[-1]["event"]["action"] == "agent-stopped"
+    assert events[-1]["netagent"]["agent"]["lost_total"] == 0
