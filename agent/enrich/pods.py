@@ -131,7 +131,8 @@ class PodIndex:
                 pods = self.source.list_pods()
             except RuntimeUnavailable as exc:
                 self.refresh_failures += 1
-                if self.healthy is not False or exc.args[0] != self.last_error:
+                first = self.healthy is None and self.last_refresh is None  # Enricher.start() says that one
+                if not first and (self.healthy is not False or exc.args[0] != self.last_error):
                     self.log(f"pod attribution: {exc}; pods listed before stay named for {self.grace:g}s")
                 self.healthy, self.last_error = False, str(exc)
                 self._publish(now)

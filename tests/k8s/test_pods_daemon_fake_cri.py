@@ -185,3 +185,57 @@ def test_drops_counted_exactly_per_pod_host_network_flagged_new_and_deleted_pods
     stopped = [e for e in events if e["event"]["action"] == "agent-stopped"]
     assert stopped and stopped[-1]["netagent"]["agent"]["enrich_failed_total"] == 0
     assert stopped[-1]["netagent"]["agent"]["enrich"]["pods"]["healthy"] is True
+
+
+@pytest.mark.timeout(240)
+def test_runtime_socket_absent_at_start_one_line_notice_then_attribution_when_it_appears(tmp_path):
+    socket_path = str(tmp_path / "later.sock")
+    ns = Namespace()
+    sandbox = Sandbox(ns)
+    agent = None
+    server = None
+    try:
+        others = "".join(f"[sensors.{m.section}]\nenabled = false\n" for m in registry.load_modules()
+                         if m.loaded and m.section != "drops")
+        events_path = tmp_path / "events.json"
+        config = tmp_path / "agent.toml"
+        config.write_text(textwrap.dedent(f"""
+            [sensors.drops]
+            interval = "500ms"
+            [kubernetes]
+            runtime_socket = "{socket_path}"
+            refresh = "1s"
+            [[sinks]]
+            type = "file"
+            path = "{events_path}"
+            """) + others)
+        stderr_path = tmp_path / "stderr"
+        with open(stderr_path, "w") as err:
+            agent = subprocess.Popen([NETAGENT, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=err)
+        wait_for(lambda: any(e["event"]["action"] == "agent-started" for e in read_events(events_path))
+                 or agent.poll() is not None, 90, "agent-started")
+        assert agent.poll() is None, stderr_path.read_text()
+        notices = [ln for ln in stderr_path.read_text().splitlines() if "pod attribution" in ln]
+        assert len(notices) == 1 and socket_path in notices[0], stderr_path.read_text()
+        send(ns, "127.0.0.1", "127.0.0.1", 9, 12)
+        unnamed = wait_for(lambda: [e for e in read_events(events_path) if e["event"]["dataset"] == "netagent.drops"
+                                    and e["netagent"]["drop"]["netns"] == ns.inode], 30, "drops without a runtime")
+        assert all("orchestrator" not in e and e["netagent"]["drop"]["netns"] == ns.inode for e in unnamed)
+        server = FakeCriServer(socket_path).start()  # the runtime starts after the agent
+        server.pods.append(FakePod("shop", "early-0", sandbox.pid))
+        wait_for(lambda: "answers again" in stderr_path.read_text(), 30, "attribution starts")
+        mark = len(read_events(events_path))
+        send(ns, "127.0.0.1", "127.0.0.1", 9, 8)
+        named = wait_for(lambda: [e for e in read_events(events_path)[mark:]
+                                  if e["event"]["dataset"] == "netagent.drops"
+                                  and e["netagent"]["drop"]["netns"] == ns.inode], 30, "drops with a runtime")
+        assert sum(e["netagent"]["drop"]["count"] for e in named) == 8
+        assert all(e["kubernetes"]["pod"]["name"] == "early-0" for e in named)
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.terminate()
+            agent.wait(30)
+        sandbox.kill()
+        ns.delete()
+        if server is not None:
+            server.close()
