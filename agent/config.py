@@ -14,7 +14,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from netagent.configschema import SchemaError, apply_schema, format_value, positive
+from netagent.configschema import SchemaError, apply_schema, format_value, positive, toml_key
 from netagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/netagent/netagent.toml"
@@ -114,7 +114,7 @@ def validate(doc: dict, source: str, *, sensor_paths: list[str] | None = None) -
 
     for key in doc:
         if key not in TOP_LEVEL:
-            raise ConfigError(f"unknown section (known: {', '.join(TOP_LEVEL)})", path=source, key=key)
+            raise ConfigError(f"unknown section (known: {', '.join(TOP_LEVEL)})", path=source, key=toml_key(key))
 
     agent_table = _table(doc, "agent", source)
     agent = _apply(AGENT_SCHEMA, agent_table, source, "agent")
@@ -125,7 +125,7 @@ def validate(doc: dict, source: str, *, sensor_paths: list[str] | None = None) -
     for section in sensors_table:
         if section not in by_section:
             known = ", ".join(sorted(by_section)) or "none"
-            raise ConfigError(f"unknown sensor (known sensors: {known})", path=source, key=f"sensors.{section}")
+            raise ConfigError(f"unknown sensor (known sensors: {known})", path=source, key=f"sensors.{toml_key(section)}")
     sensors = {}
     for module in modules:
         user = sensors_table.get(module.section, {})

@@ -22,7 +22,9 @@ sensor and sink modules can use its helpers without import cycles.
 """
 
 import ipaddress
+import json
 import os
+import re
 
 from netagent.timefmt import parse_duration, parse_size
 
@@ -36,6 +38,17 @@ class SchemaError(ValueError):
         self.key = key
         self.message = message
         super().__init__(f"{key}: {message}")
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_key(key: str) -> str:
+    """A key as TOML spells it: bare when it can be, else quoted with escapes, so an error
+    naming a key the user mistyped (a newline, a dot, a space in it) stays one readable line."""
+    if _BARE_KEY.fullmatch(key):
+        return key
+    return json.dumps(key).replace("\x7f", "\\u007f")
 
 
 def _type_name(value) -> str:
@@ -174,7 +187,7 @@ def apply_schema(schema: dict, values: dict, *, ignore: tuple[str, ...] = ()) ->
     unknown = [k for k in values if k not in schema and k not in ignore]
     if unknown:
         known = ", ".join(sorted(schema))
-        raise SchemaError(unknown[0], f"unknown key (known keys: {known})")
+        raise SchemaError(toml_key(unknown[0]), f"unknown key (known keys: {known})")
     out = {}
     for key, spec in schema.items():
         kind, default = spec[0], spec[1]
