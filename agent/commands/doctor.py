@@ -69,7 +69,7 @@ def doctor(config_path, output):
     from netagent.nodefacts import node_facts
 
     cfg = config_mod.load(config_path)  # ConfigError: exit 78, one line naming the key
-    facts = {**node_facts(), "config": cfg.source}
+    facts = {**node_facts(), "architecture": architecture(), "config": cfg.source}
     statuses = sensor_statuses(cfg)
     _drop_status_with_privileges(statuses)
     from netagent.enrich.stage import attribution_report
@@ -82,6 +82,23 @@ def doctor(config_path, output):
     sys.exit(exit_code(statuses))
 
 
+def architecture() -> dict:
+    """What the BPF code needs to know per architecture (agent/bpfsys.py), or why it refuses."""
+    import platform
+
+    from netagent.bpfsys import current_arch
+    from netagent.errors import ProbeUnavailable
+
+    try:
+        arch = current_arch()
+    except ProbeUnavailable as exc:
+        return {"machine": platform.machine(), "supported": False, "detail": f"refused: {exc}"}
+    where = {"stack": "the word at the stack pointer", "lr": "the link register"}.get(arch.kprobe_return)
+    ret = f"kprobe return address from {where}" if where else "kprobe drop locations not reported"
+    return {"machine": arch.name, "supported": True, "bpf_syscall": arch.sys_bpf,
+            "kprobe_return": arch.kprobe_return or None, "detail": f"{arch.name}: bpf(2) is syscall {arch.sys_bpf}; {ret}"}
+
+
 def _yes(v):
     return "yes" if v else ("unknown" if v is None else "no")
 
@@ -90,6 +107,7 @@ def _render(r: dict) -> str:
     caps = ", ".join(r["privileges"]["capabilities"]) or "none"
     lines = [
         f"kernel           {r['kernel']}",
+        f"architecture     {r['architecture']['detail']}",
         f"BTF              {_yes(r['btf'])} (vmlinux)",
         f"module BTF       {_yes(r['module_btf']['available'])} ({r['module_btf']['detail']})",
         f"tracefs          {r['tracefs'] or 'not mounted (mounted on first attach)'}",

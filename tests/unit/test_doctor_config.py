@@ -81,3 +81,25 @@ def test_invalid_configuration_exits_78_with_one_line_naming_the_key(tmp_path, c
 def test_missing_configuration_file_exits_78(tmp_path, capsys):
     code, _, err = run_main(["doctor", "--config", str(tmp_path / "absent.toml")], capsys)
     assert code == 78 and "no such file" in err and err.count("\n") == 1
+
+
+def test_doctor_names_the_architecture_facts(tmp_path, capsys):
+    import platform
+
+    from netagent.bpfsys import ARCHES
+
+    path = write(tmp_path, ONLY_DNS)
+    code, out, _ = run_main(["doctor", "--config", path, "-o", "json"], capsys)
+    arch = json.loads(out)["architecture"]
+    assert arch["machine"] == platform.machine() and arch["supported"] is True
+    assert arch["bpf_syscall"] == ARCHES[platform.machine()].sys_bpf
+    assert f"bpf(2) is syscall {arch['bpf_syscall']}" in arch["detail"]
+
+
+def test_doctor_says_an_unknown_architecture_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("platform.machine", lambda: "sparc64")
+    path = write(tmp_path, ONLY_DNS)
+    code, out, _ = run_main(["doctor", "--config", path, "-o", "json"], capsys)
+    arch = json.loads(out)["architecture"]
+    assert arch == {"machine": "sparc64", "supported": False, "detail": arch["detail"]}
+    assert arch["detail"].startswith("refused: ") and "'sparc64'" in arch["detail"]
