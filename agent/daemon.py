@@ -111,12 +111,14 @@ class SensorRunner:
                     raise
             else:
                 self.attach_path = sensor.attach()
-        except (UsageError, SchemaError, ValueError) as exc:
+        except (UsageError, SchemaError) as exc:
             raise ConfigError(str(exc), key=f"sensors.{self.section}") from None
-        except AgentError as exc:
+        except AgentError as exc:  # before ValueError: unreadable node data (MalformedData) is not a config error
             self.reason = str(exc)
             self.kind = type(exc)
             return
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=f"sensors.{self.section}") from None
         except Exception as exc:  # a sensor bug must not take the agent down
             self.reason = f"internal error while attaching: {type(exc).__name__}: {exc}"
             return

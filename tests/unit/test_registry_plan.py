@@ -43,3 +43,19 @@ def test_ready_sensor_carries_its_caveats_as_notes():
     assert plan.state == "ready" and plan.notes == ["degraded: counters only", "old kernel"]
     assert plan.sensor.announce == heard.append
     assert plan_sensor(SensorModule("test.mod", "probe", {}, mod), {"enabled": False}).state == "disabled"
+
+
+def test_daemon_runner_reads_unreadable_node_data_at_attach_as_off():
+    from netagent.daemon import RateLimitedLog, SensorRunner
+
+    class Sensor:
+        def check(self):
+            return SensorStatus("probe", True, "hook")
+
+        def attach(self):
+            raise ProcFormatError("softnet_stat line 3 is not hexadecimal")
+
+    mod = types.SimpleNamespace(from_config=lambda cfg: Sensor())
+    runner = SensorRunner("probe", SensorModule("test.mod", "probe", {}, mod), {}, None, RateLimitedLog())
+    runner.start()  # not ConfigError (exit 78): the configuration is fine, the node's data is not
+    assert runner.state == "off" and "not hexadecimal" in runner.reason
