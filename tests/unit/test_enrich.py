@@ -146,3 +146,20 @@ def test_committed_cri_pb2_is_what_the_proto_generates(tmp_path):
     committed = open(os.path.join(ENRICH, "cri_pb2.py")).read()
     strip = lambda text: [ln for ln in text.splitlines() if not ln.startswith("# Protobuf Python Version")]  # noqa: E731
     assert strip(generated) == strip(committed)
+
+
+def test_findings_name_the_pod_when_enrichment_runs_before_the_correlator():
+    from netagent.findings import Correlator
+
+    enricher = Enricher(StubIndex([POD]), node="n")
+    correlator = Correlator()
+    alert = new_event(dataset="netagent.conntrack", action="insert-failed", kind="alert",
+                      netagent={"conntrack": {"netns": POD.netns_inode, "netns_name": "pid:1", "entries": 10,
+                                              "max": 1000, "fill_ratio": 0.01,
+                                              "deltas": {"insert_failed": 31, "drop": 31}}})
+    out = correlator(enricher(alert))
+    tick = new_event(dataset="netagent.host", action="node-counters", kind="metric",  # findings are evaluated here
+                     netagent={"host": {"interval_s": 10.0, "cpu": {}, "softnet": {}}})
+    out += correlator(enricher(tick))
+    findings = [e for e in out if e["event"]["dataset"] == "netagent.finding"]
+    assert findings and "pod payments/api-0" in findings[0]["message"], out
