@@ -38,9 +38,8 @@ from scapy.layers.inet6 import (
 )
 from scapy.packet import Raw
 
-from netagent.mtu.search import ERROR, OK, TOO_BIG, Outcome
+from netagent.mtu.search import ERROR, OK, PROTOS, TOO_BIG, Outcome  # noqa: F401 - PROTOS re-exported
 
-PROTOS = ("icmp", "udp", "tcp")
 DEFAULT_PORTS = {"udp": 33434, "tcp": 443}  # traceroute's first port; TLS, whose handshakes hang first
 
 IPV4_HEADER = 20

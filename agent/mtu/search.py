@@ -32,6 +32,10 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Protocol
 
+# Probe protocols (packets.py builds them). Here, not in packets.py, so the
+# daemon reads the sensor schema without importing scapy.
+PROTOS = ("icmp", "udp", "tcp")
+
 # Outcome kinds a prober reports for one probe.
 OK = "ok"  # the target answered: the probe arrived
 TOO_BIG = "too_big"  # frag-needed / Packet Too Big from a router

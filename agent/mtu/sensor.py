@@ -23,10 +23,18 @@ import time
 from netagent import netns as netns_mod
 from netagent.configschema import non_negative, one_of
 from netagent.errors import AgentError, InsufficientPrivilege, ProbeUnavailable
-from netagent.mtu.packets import PROTOS
-from netagent.mtu.probe import MtuOptions, probe_path
-from netagent.mtu.report import error_event, to_event
+from netagent.mtu.search import PROTOS
 from netagent.mtu.target import check_syntax
+
+# netagent.mtu.probe and .report import scapy (~45 MB, ~1.5 s): only when a
+# target is probed, not whenever the daemon reads its configuration.
+
+
+def probe_path(text, ns, opts):
+    """netagent.mtu.probe.probe_path, imported on first use."""
+    from netagent.mtu.probe import probe_path as probe  # noqa: PLC0415
+
+    return probe(text, ns, opts)
 from netagent.privileges import effective_capabilities
 from netagent.sensor import Sensor, SensorStatus
 
@@ -115,6 +123,8 @@ class MtuSensor(Sensor):
         self.probe_failures = 0
 
     def _options(self, entry: dict) -> MtuOptions:
+        from netagent.mtu.probe import MtuOptions  # noqa: PLC0415 - scapy, see above
+
         get = lambda key: entry.get(key, self.defaults[key])  # noqa: E731
         proto = get("proto")
         return MtuOptions(
@@ -153,6 +163,8 @@ class MtuSensor(Sensor):
 
     def probe_one(self, entry: dict) -> dict:
         """One target's event; failures become an 'unreachable' event with the reason."""
+        from netagent.mtu.report import error_event, to_event  # noqa: PLC0415 - scapy, see above
+
         spec = entry.get("netns", self.default_netns)
         opts = self._options(entry)
         started, t0 = time.time(), time.monotonic_ns()
