@@ -5,15 +5,14 @@ and stop are called directly), so the real registry, runner, pipeline,
 correlator and file sink are used.
 """
 
-import socket
 import sys
 import textwrap
+import time
 import types
-import urllib.request
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from test_sinks_prometheus import free_port, scrape
 
 from netagent import config as config_mod
 from netagent import registry
@@ -68,15 +67,7 @@ def narrator(monkeypatch):
     return mod
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(predicate, timeout=20.0):
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -104,8 +95,8 @@ def test_processor_failures_findings_and_sensor_notes_are_shown(tmp_path, narrat
     try:
         assert wait_for(lambda: daemon.pipeline.processor_failed >= 1)
         hb = daemon.heartbeat_event()["netagent"]["agent"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
+        (prometheus,) = [s for s in daemon.pipeline.sinks if s.TYPE == "prometheus"]
+        samples = scrape(prometheus)
     finally:
         daemon.stop("test")
 
@@ -116,8 +107,6 @@ def test_processor_failures_findings_and_sensor_notes_are_shown(tmp_path, narrat
     assert "kprobes unavailable: counters and correlation" in sensor["notes"]
     assert "insert_failed counts clash resolutions on this kernel" in sensor["notes"]
 
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(text) for s in fam.samples}
     assert samples[("netagent_processor_failures_total", ())] == 1
     assert samples[("netagent_events_lost_total", (("place", "kernel"), ("sensor", "narrator")))] == 5
     assert samples[("netagent_sensor_notes_total", (("sensor", "narrator"),))] == 3

@@ -1,13 +1,10 @@
 """LabelSlots: bounded label values that give their slot back when the value is gone."""
 
-import socket
 import time
-import urllib.request
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.parser import text_string_to_metric_families
+from test_sinks_prometheus import drop, free_port, scrape
 
-from netagent.events import new_event
 from netagent.sinks.labels import LabelSlots
 from netagent.sinks.prometheus import PrometheusSink
 
@@ -68,24 +65,8 @@ def test_churning_veths_never_run_out_of_slots():
     assert slots.overflowed == 0 and len(slots.values) <= 8
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def drop(interface: str) -> dict:
-    ev = new_event(dataset="netagent.drops", action="packet-dropped",
-                   netagent={"drop": {"count": 1, "bytes": 60, "interface": interface}})
-    ev["event"]["reason"] = "NO_SOCKET"
-    return ev
-
-
 def scraped_interfaces(sink) -> set[str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{sink.bound_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return {s.labels["interface"] for fam in text_string_to_metric_families(text) for s in fam.samples
-            if s.name == "netagent_drops_total"}
+    return {dict(labels)["interface"] for name, labels in scrape(sink) if name == "netagent_drops_total"}
 
 
 def test_prometheus_expires_interfaces_that_are_gone():
@@ -95,7 +76,7 @@ def test_prometheus_expires_interfaces_that_are_gone():
     sink.start()
     try:
         for name in ("veth0", "veth1", "veth2"):
-            sink.submit(b"", drop(name))
+            sink.submit(b"", drop("NO_SOCKET", name, 1))
         alive.discard("veth0")
         alive.add("veth3")
         # a scrape sweeps first: once veth0 has been quiet for the grace it is not served,
@@ -104,7 +85,7 @@ def test_prometheus_expires_interfaces_that_are_gone():
         while (served := scraped_interfaces(sink)) != {"veth1", "veth2"} and time.monotonic() < deadline:
             assert served == {"veth0", "veth1", "veth2"}  # nothing else happens while waiting
         assert served == {"veth1", "veth2"}
-        sink.submit(b"", drop("veth3"))
+        sink.submit(b"", drop("NO_SOCKET", "veth3", 1))
         assert scraped_interfaces(sink) == {"veth1", "veth2", "veth3"}
         assert sink.status()["label_overflow"]["interface"] == 0
         assert sink.status()["labels"]["interface"]["expired"] == 1
