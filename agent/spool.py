@@ -134,6 +134,9 @@ class Spool:
         self._last_cursor_write = float("-inf")
         self._durable = True
         self._damaged: set[Position] = set()
+        # the disk filled up: new records go to a new segment, so the delivered
+        # part of the current one can be deleted (space is only freed by segment)
+        self._rotate_requested = False
 
     # -- lifecycle ---------------------------------------------------------------
     def open(self) -> "Spool":
@@ -158,8 +161,21 @@ class Spool:
             raise SpoolError(exc.errno, f"spool directory {self.directory}: {exc.strerror}") from None
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self._fit_segments_to_disk()
         self._recover()
         return self
+
+    def _fit_segments_to_disk(self) -> None:
+        """Delivered records are freed a whole segment at a time: on a small
+        filesystem a segment sized from max_bytes alone could fill the disk
+        before it is ever deleted. Keep segments at most 1/16 of the filesystem."""
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return
+        fs_bytes = st.f_blocks * st.f_frsize
+        if fs_bytes > 0:
+            self.segment_bytes = min(self.segment_bytes, max(4096, fs_bytes // 16))
 
     def close(self) -> None:
         if self._lock_fd < 0:
@@ -274,10 +290,19 @@ class Spool:
             if used + len(rec) > self.max_bytes:
                 self.dropped_full += 1
                 continue
-            if seg is None or (seg_size + chunk_len > 0 and seg_size + chunk_len + len(rec) > self.segment_bytes):
+            full = seg_size + chunk_len > 0 and seg_size + chunk_len + len(rec) > self.segment_bytes
+            if seg is None or full or (self._rotate_requested and seg_size + chunk_len > 0):
                 if chunk:
                     stored += self._write(chunk)
                     chunk, chunk_len = [], 0
+                if seg is not None and self._sizes.get(seg) == 0:
+                    # still empty (its writes failed on a full disk): keep using it
+                    # rather than leaving a trail of empty segments
+                    seg_size = 0
+                    chunk.append(rec)
+                    chunk_len += len(rec)
+                    used += len(rec)
+                    continue
                 try:
                     seg = self._new_segment()
                 except OSError as exc:
@@ -287,6 +312,7 @@ class Spool:
                     seg = None
                     used = self.disk_bytes()
                     continue
+                self._rotate_requested = False
                 seg_size = self._sizes[seg]
             chunk.append(rec)
             chunk_len += len(rec)
@@ -312,6 +338,7 @@ class Spool:
             # Disk full or I/O error: cut whatever partial record got out so
             # the segment stays a clean sequence of whole records.
             self._lost_to(failure, len(records))
+            self._rotate_requested = True
             if self._write_fd >= 0:
                 try:
                     os.ftruncate(self._write_fd, self._sizes[index])
@@ -506,7 +533,8 @@ class Spool:
             if finished and index != last:
                 self._write_cursor(force=True)  # cursor first, then unlink: a crash between repeats nothing
                 self._delete_segment(index)
-        if last is not None and pos.segment == last and pos.offset >= self._sizes[last] >= self.segment_bytes:
+        if last is not None and pos.segment == last and pos.offset >= self._sizes[last] > 0 and (
+                self._sizes[last] >= self.segment_bytes or self._rotate_requested):
             # the writer's segment is full and fully delivered: start afresh
             self._rotate_empty()
         self._write_cursor()
@@ -518,6 +546,7 @@ class Spool:
         except OSError as exc:
             self._note_disk_error(exc)  # keep appending to the old one; rotate next time
             return
+        self._rotate_requested = False
         self._commit = self._read = Position(self._segments[-1], 0)
         self._write_cursor(force=True)
         self._delete_segment(old)
