@@ -48,6 +48,9 @@ class ProgramSpec:
     prelude: str = ""
     maps: list[str] = field(default_factory=list)  # handed back, by name
     attach_btf_id: int = 0  # tp_btf: BTF id of btf_trace_<target> (the parent has BTF parsed)
+    # Map of maps -> the inner map it was declared with (BPF_ARRAY_OF_MAPS(outer, "inner", n)), for the
+    # bytecode cache, which creates maps itself; outer maps with a "map_fd" setup write need no entry.
+    inner_maps: dict = field(default_factory=dict)
     # Map writes done before attaching, so the program never runs half set up:
     # {"map": name, "key": u32, "value": hex} or {"map": name, "key": u32, "map_fd": other map}
     setup: list[dict] = field(default_factory=list)
@@ -75,10 +78,28 @@ class LoadedProgram:
 
 
 def load(spec: ProgramSpec) -> LoadedProgram:
-    """Run the child for `spec`; ProbeUnavailable with the child's one-line reason on failure."""
+    """Load and attach `spec`: from the bytecode cache when this exact program
+    was compiled before on this kernel, else in the child process (which
+    fills the cache). ProbeUnavailable with a one-line reason on failure."""
     import time
 
     started = time.monotonic()
+    cached = bytecode_cache.get(spec)
+    if cached is not None:
+        try:
+            loaded = _load_cached(spec, cached)
+            loaded.child_seconds = time.monotonic() - started
+            return loaded
+        except (OSError, KeyError, ValueError):
+            pass  # a stale or damaged entry: compile afresh, which rewrites it
+    loaded, record = _load_in_child(spec)
+    if record is not None:
+        bytecode_cache.put(spec, record)
+    loaded.child_seconds = time.monotonic() - started
+    return loaded
+
+
+def _load_in_child(spec: ProgramSpec) -> tuple[LoadedProgram, dict | None]:
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         proc = subprocess.Popen(
@@ -109,7 +130,7 @@ def load(spec: ProgramSpec) -> LoadedProgram:
     for name, info in message["maps"].items():
         maps[name] = bpfsys.RawMap(fds[info["fd_index"]], info["key_size"], info["value_size"],
                                    info["max_entries"], per_cpu=info["type"] in _PER_CPU_MAP_TYPES, name=name)
-    return LoadedProgram(spec.attach, fds[0], fds[1], maps, time.monotonic() - started)
+    return LoadedProgram(spec.attach, fds[0], fds[1], maps), message.get("record")
 
 
 def _receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
@@ -195,7 +216,8 @@ def _child(sock_fd: int) -> int:
         prog_fd, link_fd = _attach(bpf, spec)
         fds = [prog_fd, link_fd] + [maps[n] for n in spec.maps]
         meta = {n: dict(map_info(maps[n]), fd_index=2 + i) for i, n in enumerate(spec.maps)}
-        sock.sendmsg([json.dumps({"ok": True, "maps": meta}).encode()],
+        record = _record(bpf.dump_func(spec.program.encode()), spec, maps) if spec.attach in _CACHEABLE else None
+        sock.sendmsg([json.dumps({"ok": True, "maps": meta, "record": record}).encode()],
                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
     except CompileError as exc:  # clang's diagnostics are on our stderr, a pipe to the parent
         sock.sendmsg([json.dumps({"ok": False, "compile_error": str(exc)}).encode()])
@@ -207,6 +229,167 @@ def _child(sock_fd: int) -> int:
         os._exit(1)
     # os._exit: skip BCC's atexit cleanup, which would detach what the parent now holds.
     os._exit(0)
+
+
+# --- the bytecode cache -------------------------------------------------------------
+# BCC's bytecode of a program, its maps' definitions, and where the map fds go
+# in it, stored per (source, macros, kernel, BCC): a restart on the same node
+# loads in a few milliseconds, without a compiler, without the child process.
+# Only for the attach kinds loadable with bpf(2) alone.
+
+_CACHEABLE = ("tp_btf", "raw_tracepoint")
+_LD_IMM64 = 0x18
+_PSEUDO_MAP_FD = 1
+_MAP_OF_MAPS_TYPES = {12, 13}  # BPF_MAP_TYPE_ARRAY_OF_MAPS, HASH_OF_MAPS
+
+
+def _fd_name_flags(fd: int) -> tuple[str, int]:
+    raw = bpfsys.obj_info(fd, 40)
+    return raw[24:40].split(b"\0", 1)[0].decode(), int.from_bytes(raw[20:24], "little")
+
+
+def _record(insns: bytes, spec: ProgramSpec, named: dict[str, int]) -> dict | None:
+    """What _load_cached needs to rebuild this program without BCC; None if it cannot.
+    `named`: fds of the maps user space wants (some the program never references)."""
+    maps: dict[int, dict] = {}
+    relocs = []
+    for i in range(0, len(insns), 8):
+        if insns[i] != _LD_IMM64:
+            continue
+        src = insns[i + 1] >> 4
+        if src == 0:
+            continue
+        if src != _PSEUDO_MAP_FD:
+            return None
+        fd = int.from_bytes(insns[i + 4:i + 8], "little", signed=True)
+        if fd not in maps:
+            name, flags = _fd_name_flags(fd)
+            maps[fd] = dict(map_info(fd), name=name, flags=flags)
+        relocs.append([i // 8, maps[fd]["name"]])
+    for fd in named.values():
+        if fd not in maps:
+            name, flags = _fd_name_flags(fd)
+            maps[fd] = dict(map_info(fd), name=name, flags=flags)
+    names = [m["name"] for m in maps.values()]
+    templates = dict(spec.inner_maps, **{w["map"]: w["map_fd"] for w in spec.setup if "map_fd" in w})
+    if len(set(names)) != len(names) or not set(spec.maps) | set(templates.values()) <= set(names):
+        return None
+    for m in maps.values():
+        if m["type"] in _MAP_OF_MAPS_TYPES:
+            if m["name"] not in templates:
+                return None
+            m["inner"] = templates[m["name"]]
+    # templates first: a map of maps is created from its inner map's fd
+    ordered = sorted(maps.values(), key=lambda m: m["type"] in _MAP_OF_MAPS_TYPES)
+    return {"insns": insns.hex(), "maps": ordered, "relocs": relocs}
+
+
+def _load_cached(spec: ProgramSpec, record: dict) -> LoadedProgram:
+    fds: dict[str, int] = {}
+    try:
+        for m in record["maps"]:
+            fds[m["name"]] = bpfsys.map_create(m["type"], m["key_size"], m["value_size"], m["max_entries"],
+                                               m["flags"], fds[m["inner"]] if "inner" in m else 0, m["name"])
+        insns = bytearray.fromhex(record["insns"])
+        for index, name in record["relocs"]:
+            insns[index * 8 + 4:index * 8 + 8] = fds[name].to_bytes(4, "little", signed=True)
+        raw = {n: bpfsys.RawMap(fd, **{k: v for k, v in map_info(fd).items() if k != "type"}) for n, fd in fds.items()}
+        for write in spec.setup:
+            key = int(write["key"]).to_bytes(raw[write["map"]].key_size, "little")
+            value = fds[write["map_fd"]].to_bytes(4, "little") if "map_fd" in write else bytes.fromhex(write["value"])
+            raw[write["map"]].update(key, value)
+        if spec.attach == "tp_btf":
+            prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, bytes(insns), name=spec.program[:15],
+                                    expected_attach_type=bpfsys.TRACE_RAW_TP, attach_btf_id=spec.attach_btf_id)
+            link = _closing_on_error(prog, lambda: bpfsys.raw_tracepoint_open(prog))
+        else:
+            prog = bpfsys.prog_load(bpfsys.PROG_TYPE_RAW_TRACEPOINT, bytes(insns), name=spec.program[:15])
+            link = _closing_on_error(prog, lambda: bpfsys.raw_tracepoint_open(prog, spec.target))
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    keep = {}
+    for name, fd in fds.items():
+        if name in spec.maps:
+            info = map_info(fd)
+            keep[name] = bpfsys.RawMap(fd, info["key_size"], info["value_size"], info["max_entries"],
+                                       per_cpu=info["type"] in _PER_CPU_MAP_TYPES, name=name)
+        else:
+            os.close(fd)  # the program holds its own reference
+    return LoadedProgram(spec.attach, prog, link, keep)
+
+
+def _closing_on_error(fd: int, fn):
+    try:
+        return fn()
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class BytecodeCache:
+    """Files under NETAGENT_CACHE_DIR (default /var/cache/netagent/bpf); no cache where that is not writable."""
+
+    def __init__(self, directory: str | None = None):
+        self.directory = directory or os.path.join(os.environ.get("NETAGENT_CACHE_DIR", "/var/cache/netagent"), "bpf")
+        self.hits = self.misses = 0
+
+    def key(self, spec: ProgramSpec) -> str:
+        import hashlib
+        import platform
+
+        from netagent.bccloader import program_source
+
+        h = hashlib.sha256()
+        for part in (platform.release(), platform.version(), _bcc_identity(), program_source("common", ".bpf.h"),
+                     program_source(spec.stem), json.dumps(spec.__dict__, sort_keys=True)):
+            h.update(part.encode())
+            h.update(b"\0")
+        return h.hexdigest()
+
+    def _path(self, spec: ProgramSpec) -> str:
+        return os.path.join(self.directory, f"{spec.stem}-{self.key(spec)[:32]}.json")
+
+    def get(self, spec: ProgramSpec) -> dict | None:
+        if spec.attach not in _CACHEABLE:
+            return None
+        try:
+            with open(self._path(spec)) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return record
+
+    def put(self, spec: ProgramSpec, record: dict) -> None:
+        path = self._path(spec)
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump(record, f)
+            os.replace(path + ".tmp", path)
+        except OSError:
+            pass  # read-only or full: the next start compiles again
+
+
+def _bcc_identity() -> str:
+    """BCC's version without importing it (an import maps LLVM into this process)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("bcc")
+    if spec is None or not spec.origin:
+        return "no bcc"
+    try:
+        with open(os.path.join(os.path.dirname(spec.origin), "version.py")) as f:
+            return f.read()
+    except OSError:
+        st = os.stat(spec.origin)
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+bytecode_cache = BytecodeCache()
 
 
 def _one_line(exc: BaseException) -> str:

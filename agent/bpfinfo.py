@@ -7,19 +7,35 @@ from netagent import bpfsys
 from netagent.btf import BtfError, kernel_btf
 
 
+_layout: dict[str, int] | None = None  # bpf_prog_info: "size" and member offsets, from BTF once
+
+
+def _prog_info_layout() -> dict[str, int] | None:
+    """Read once: sensors ask every poll, and the daemon drops its parsed BTF after start-up."""
+    global _layout
+    if _layout is None:
+        try:
+            btf = kernel_btf()
+            layout = {"size": btf.size(btf.struct_id("bpf_prog_info"))}
+            for field in ("id", "name", "run_time_ns", "run_cnt", "recursion_misses"):
+                if btf.has_member("bpf_prog_info", field):
+                    layout[field] = btf.member_offset("bpf_prog_info", field)
+        except BtfError:
+            return None
+        _layout = layout
+    return _layout
+
+
 def _prog_info_field(prog_fd: int, field: str, size: int = 8) -> int | None:
     """One integer member of bpf_prog_info, at its offset in this kernel's BTF; None when absent."""
-    try:
-        btf = kernel_btf()
-        total = btf.size(btf.struct_id("bpf_prog_info"))
-        offset = btf.member_offset("bpf_prog_info", field)
-    except BtfError:
+    layout = _prog_info_layout()
+    if layout is None or field not in layout:
         return None
     try:
-        raw = bpfsys.obj_info(prog_fd, total)
+        raw = bpfsys.obj_info(prog_fd, layout["size"])
     except OSError:
         return None
-    return int.from_bytes(raw[offset:offset + size], "little")
+    return int.from_bytes(raw[layout[field]:layout[field] + size], "little")
 
 
 def prog_recursion_misses(prog_fd: int) -> int | None:
@@ -39,12 +55,12 @@ class ProgStats:
 
 def prog_stats(prog_fd: int) -> ProgStats | None:
     """Cumulative run time and run count (counted while kernel.bpf_stats_enabled = 1)."""
+    offs = _prog_info_layout()
+    if offs is None or "run_cnt" not in offs:
+        return None
     try:
-        btf = kernel_btf()
-        total = btf.size(btf.struct_id("bpf_prog_info"))
-        offs = {f: btf.member_offset("bpf_prog_info", f) for f in ("id", "name", "run_time_ns", "run_cnt")}
-        raw = bpfsys.obj_info(prog_fd, total)
-    except (BtfError, OSError):
+        raw = bpfsys.obj_info(prog_fd, offs["size"])
+    except OSError:
         return None
 
     def u(field, size=8):

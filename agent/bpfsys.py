@@ -42,11 +42,13 @@ ARCHES = {
 }
 
 # enum bpf_cmd
+MAP_CREATE = 0
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY, PROG_LOAD = 1, 2, 3, 4, 5
 PROG_GET_NEXT_ID, PROG_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD = 11, 13, 15
 RAW_TRACEPOINT_OPEN = 17
 MAP_LOOKUP_AND_DELETE_BATCH = 25
 # enum bpf_prog_type / bpf_attach_type values used here
+PROG_TYPE_RAW_TRACEPOINT = 17
 PROG_TYPE_TRACING = 26
 TRACE_RAW_TP = 23
 # map update flags
@@ -134,6 +136,18 @@ def raw_tracepoint_open(prog_fd: int, name: str | None = None) -> int:
 
 
 # -- maps ----------------------------------------------------------------------------
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * 16)]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0,
+               inner_map_fd: int = 0, name: str = "") -> int:
+    attr = _MapCreateAttr(map_type, key_size, value_size, max_entries, flags, inner_map_fd, 0, name.encode()[:15])
+    return bpf(MAP_CREATE, attr)
+
 
 class _ElemAttr(ctypes.Structure):
     _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),

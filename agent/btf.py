@@ -420,6 +420,12 @@ def module_btf_names(btf_dir: str = BTF_DIR) -> list[str] | None:
 _cached: KernelBtf | None = None
 
 
+def forget_kernel_btf() -> None:
+    """Drop the parsed BTF (tens of MB); the next kernel_btf() parses it again."""
+    global _cached
+    _cached = None
+
+
 def kernel_btf() -> KernelBtf:
     """The running kernel's BTF (vmlinux, parsed once per process, and modules)."""
     global _cached

@@ -27,6 +27,7 @@ from netagent.configschema import SchemaError
 from netagent.errors import AgentError, ConfigError, InsufficientPrivilege, ProbeUnavailable, UsageError
 from netagent.events import new_event
 from netagent.log import log
+from netagent.memtrim import release_startup_memory
 from netagent.pipeline import PLACES, Pipeline
 from netagent.sinks import sink_class
 from netagent.watchdog import WATCHDOG
@@ -395,6 +396,7 @@ class Daemon:
         except BaseException:
             self._abort()
             raise
+        release_startup_memory()
         on = [r for r in self.runners if r.state == "on"]
         self._emit(self._agent_event(
             "agent-started", type_=["start"], version=__version__, config=cfg.source,
@@ -533,6 +535,7 @@ class Daemon:
                 for place, n in r.losses().items():
                     self._retired_kernel_losses[place] = self._retired_kernel_losses.get(place, 0) + n
         self.runners = runners
+        release_startup_memory()
         self.pipeline.queue.capacity = new.agent["queue_events"]
         if new.findings != self.config.findings:
             self.pipeline.processors = [self.enricher.pipeline_processor()] + _processors(new)

@@ -74,3 +74,14 @@ class Symbolizer:
         self._ensure()
         needle = b"\n" + name.encode()
         return needle + b"\n" in self._blob or needle + b" [" in self._blob
+
+
+_shared: Symbolizer | None = None
+
+
+def shared_symbolizer() -> Symbolizer:
+    """One table per process: every drop sensor (the daemon runs two) symbolizes with it."""
+    global _shared
+    if _shared is None:
+        _shared = Symbolizer()
+    return _shared

@@ -1,108 +1,82 @@
-"""Drop sensor overhead: a UDP closed-port flood with and without the agent.
+"""Packet rate with `netagent run` (default sensors) over the rate without it.
 
-Rounds alternate (without, with, without, with, ...) in one run so machine
-noise hits both sides alike; the figures are ratios against the rounds
-without the agent. All traffic stays on the loopback of a namespace this
-script creates and removes.
+A closed-port UDP flood (sendmmsg, 64-byte datagrams) to 127.0.0.1:9 in a
+namespace this script creates, pinned to one CPU. Rounds alternate
+(without, with, without, with, ...) in one run so machine noise hits both
+sides alike; each "with" round starts the agent, waits until it says it
+started, floods, and stops it. Every "with" round checks that the agent's
+NO_SOCKET drops in that namespace equal the kernel's Udp NoPorts.
 
-Writes bench/results/drops.json.
+Target (issue 12): median rate ratio >= 0.97. Writes bench/results/drops.json.
 """
 
-import json
 import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
-import psutil
+from agentlib import cpu_seconds, default_config, rss_mb, start_agent
+from benchlib import ROUNDS, build_flood, flood, noports, rounded, spread, write_result
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-
-from agent_proc import AgentProcess  # noqa: E402
 from lab import Namespace  # noqa: E402
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
+TARGET_RATIO = 0.97
 
 
-def build_flood() -> str:
-    out = os.path.join(tempfile.mkdtemp(prefix="netagent-bench-"), "udp_flood")
-    subprocess.run(["gcc", "-O2", "-o", out, os.path.join(HERE, "udp_flood.c")], check=True)
-    return out
+def round_without(ns, binary) -> dict:
+    sent, elapsed = flood(ns, binary, SECONDS)
+    return {"sent": sent, "pps": sent / elapsed, "t": time.time()}
 
 
-def noports(ns) -> int:
-    lines = [ln.split() for ln in ns.read_proc("net/snmp").splitlines() if ln.startswith("Udp:")]
-    return int(lines[1][lines[0].index("NoPorts")])
-
-
-def flood(ns, binary) -> tuple[int, float]:
-    start = time.monotonic()
-    out = ns.run(binary, "127.0.0.1", "9", str(SECONDS), timeout=SECONDS + 30)
-    return int(out.stdout), time.monotonic() - start
-
-
-def round_with_agent(ns, binary) -> dict:
-    t0 = time.monotonic()
-    agent = AgentProcess("trace", "drops", "--netns", ns.name, "--output", "json", "--interval", "1")
-    agent.wait_for_stderr("attached to", timeout=30)
-    attach_s = time.monotonic() - t0
-    proc = psutil.Process(agent.proc.pid)
-    cpu0 = proc.cpu_times()
+def round_with(ns, binary, config) -> dict:
+    agent, start_s = start_agent(config)
+    pid = agent.proc.pid
+    u0, s0 = cpu_seconds(pid)
     before = noports(ns)
-    sent, elapsed = flood(ns, binary)
-    time.sleep(0.2)
-    after = noports(ns)
-    cpu1 = proc.cpu_times()
-    with open(f"/proc/{agent.proc.pid}/status") as f:
-        hwm_kb = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
+    t = time.time()
+    sent, elapsed = flood(ns, binary, SECONDS)
+    u1, s1 = cpu_seconds(pid)
+    delta = noports(ns) - before
+    rss = rss_mb(pid)
     code, _ = agent.stop()
     counted = sum(e["netagent"]["drop"]["count"] for e in agent.events()
-                  if e["event"]["reason"] == "NO_SOCKET" and e["network"].get("transport") == "udp")
-    cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / elapsed
-    return {"sent": sent, "pps": sent / elapsed, "noports_delta": after - before, "counted": counted,
-            "agent_cpu_fraction_of_core": cpu, "attach_seconds": attach_s, "peak_rss_mb": hwm_kb / 1024,
-            "exit_code": code}
+                  if e.get("event", {}).get("dataset") == "netagent.drops"
+                  and e["netagent"]["drop"]["netns"] == ns.inode and e["event"].get("reason") == "NO_SOCKET"
+                  and e.get("network", {}).get("transport") == "udp")
+    return {"sent": sent, "pps": sent / elapsed, "t": t, "noports_delta": delta, "counted": counted,
+            "exact": counted == delta == sent, "start_seconds": start_s, "rss_mb": rss,
+            "agent_user_cpu": (u1 - u0) / elapsed, "agent_sys_cpu": (s1 - s0) / elapsed, "exit_code": code}
 
 
 def main() -> int:
     binary = build_flood()
+    config = default_config()
     ns = Namespace()
+    without, with_agent = [], []
     try:
-        without, with_agent = [], []
-        for _ in range(ROUNDS):
-            sent, elapsed = flood(ns, binary)
-            without.append({"sent": sent, "pps": sent / elapsed})
-            with_agent.append(round_with_agent(ns, binary))
+        for i in range(ROUNDS):
+            without.append(round_without(ns, binary))
+            with_agent.append(round_with(ns, binary, config))
+            print(f"round {i}: without {without[-1]['pps']:.0f} pps, with {with_agent[-1]['pps']:.0f} pps, "
+                  f"exact={with_agent[-1]['exact']}", flush=True)
     finally:
         ns.delete()
-    base_pps = statistics.median(r["pps"] for r in without)
-    agent_pps = statistics.median(r["pps"] for r in with_agent)
+    ratios = [w["pps"] / b["pps"] for w, b in zip(with_agent, without)]
     result = {
-        "benchmark": "udp closed-port flood on a namespace loopback, sendmmsg x64, 64-byte payload",
+        "benchmark": "UDP closed-port flood to 127.0.0.1:9 in a namespace, sendmmsg x64, 64-byte payload, "
+                     "with and without `netagent run` (default sensors), interleaved",
         "rounds": ROUNDS, "seconds_per_round": SECONDS,
-        "pps_without_agent_median": round(base_pps),
-        "pps_with_agent_median": round(agent_pps),
-        "rate_ratio_with_over_without": round(agent_pps / base_pps, 4),
-        "agent_cpu_fraction_of_core_max": round(max(r["agent_cpu_fraction_of_core"] for r in with_agent), 4),
-        "attach_seconds_max": round(max(r["attach_seconds"] for r in with_agent), 3),
-        "peak_rss_mb_max": round(max(r["peak_rss_mb"] for r in with_agent), 1),
-        "accounted_equals_sent_all_rounds": all(r["counted"] == r["sent"] == r["noports_delta"] for r in with_agent),
-        "targets": {"rate_ratio_min": 0.95, "agent_cpu_max": 0.05, "attach_seconds_max": 3.0, "peak_rss_mb_aim": 200},
-        "rounds_detail": {"without": without, "with": with_agent},
+        "pps_without": rounded(spread(r["pps"] for r in without), 0),
+        "pps_with": rounded(spread(r["pps"] for r in with_agent), 0),
+        "rate_ratio_with_over_without": rounded(spread(ratios), 4),
+        "agent_user_cpu_fraction_of_core": rounded(spread(r["agent_user_cpu"] for r in with_agent), 4),
+        "exact_all_rounds": all(r["exact"] for r in with_agent),
+        "target": {"rate_ratio_median_min": TARGET_RATIO},
+        "rounds_without": without, "rounds_with": with_agent,
     }
-    result["targets_met"] = (result["rate_ratio_with_over_without"] >= 0.95
-                             and result["agent_cpu_fraction_of_core_max"] <= 0.05
-                             and result["attach_seconds_max"] <= 3.0
-                             and result["accounted_equals_sent_all_rounds"])
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "drops.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    summary = {k: v for k, v in result.items() if k != "rounds_detail"}
-    print(json.dumps(summary, indent=2))
+    result["target_met"] = result["rate_ratio_with_over_without"]["median"] >= TARGET_RATIO and result[
+        "exact_all_rounds"]
+    write_result("drops", result)
     return 0
 
 

@@ -24,7 +24,7 @@ from netagent.btf import BtfError, kernel_btf
 from netagent.configschema import one_of
 from netagent.errors import ProbeUnavailable, UsageError
 from netagent.events import new_event
-from netagent.kallsyms import Symbolizer
+from netagent.kallsyms import Symbolizer, shared_symbolizer
 from netagent.nodefacts import kprobes_unavailable_reason
 from netagent.privileges import require_bpf
 from netagent.sensor import Sensor, SensorStatus
@@ -277,7 +277,7 @@ class DropSensor(Sensor):
         self._drain_lock = threading.Lock()
         self._reasons: dict[int, str] = {}
         self._has_reason = True
-        self._symbolizer = Symbolizer()
+        self._symbolizer = shared_symbolizer()
         self._to_wall = MonotonicToWall()
         self._overflow_seen = 0
         self._lost_map_full = 0
@@ -445,7 +445,8 @@ class DropSensor(Sensor):
                                     maps=["flows_a", "flows_b", "active_flows", "cache_a", "cache_b", "active_cache",
                                           "overflow", "handover_state",
                                           "handover_marker", "pred_marker"], setup=setup,
-                                    attach_btf_id=self._tp_btf_id() if kind == "tp_btf" else 0)
+                                    attach_btf_id=self._tp_btf_id() if kind == "tp_btf" else 0,
+                                    inner_maps={"pred_marker": "handover_marker"})
         loaded = bpfchild.load(spec)
         if loaded.maps["flows_a"].key_size != ctypes.sizeof(FlowKey):
             loaded.close()
