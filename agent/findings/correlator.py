@@ -230,6 +230,7 @@ class Correlator:
         for inode in [i for i, seen in self._netns_seen.items() if seen < horizon]:
             self._netns.pop(inode, None)
             self._netns_seen.pop(inode, None)
+        self._forget_unreferenced_namespaces()
         ctx = Context(
             node=node,
             netns=dict(self._netns),
@@ -251,7 +252,20 @@ class Correlator:
         self.evaluations += 1
         return self.tracker.update(found)
 
+    def _forget_unreferenced_namespaces(self) -> None:
+        """Names and inventories of namespaces nothing refers to any more (pods come and go:
+        kept, they would grow with every namespace the node ever had)."""
+        for inode in [i for i, ifaces in self._inventory.items() if not ifaces]:
+            del self._inventory[inode]
+        live = set(self._netns) | set(self._inventory)
+        for queue in self._recent.values():
+            live.update(record.get("netns") for _, record in queue)
+        for inode in [i for i in self._names if i not in live]:
+            del self._names[inode]
+
     def status(self) -> dict:
         return {"evaluations": self.evaluations, "active": len(self.tracker.active), "raised": self.tracker.raised,
                 "cleared": self.tracker.cleared, "rule_errors": self.rule_errors, "last_errors": self.errors,
-                "records": sum(len(q) for q in self._recent.values()), "records_evicted": self.records_evicted}
+                "records": sum(len(q) for q in self._recent.values()), "records_evicted": self.records_evicted,
+                "namespaces": len(self._names), "namespaces_with_counters": len(self._netns),
+                "namespaces_with_inventory": len(self._inventory)}

@@ -41,3 +41,21 @@ def test_a_burst_inside_one_window_is_capped_and_counted():
     status = c.status()
     assert status["records"] == 1000
     assert status["records_evicted"] == 4000
+
+
+def test_namespace_names_do_not_outlive_the_namespaces():
+    clock = Clock()
+    c = Correlator(window=60, clock=clock)
+    for inode in range(1, 2001):  # pods come and go, one namespace each
+        c(new_event(dataset="netagent.host", action="netns-counters",
+                    netagent={"host": {"netns": {"inode": inode, "name": f"pod{inode}"}}}))
+        c(new_event(dataset="netagent.overlay", action="interface-seen", netagent={"overlay": {
+            "netns": {"inode": inode, "name": f"pod{inode}"}, "interface": {"index": 2, "name": "vxlan0"}}}))
+        c(new_event(dataset="netagent.overlay", action="interface-removed", netagent={"overlay": {
+            "netns": {"inode": inode}, "interface": {"index": 2}}}))
+        clock.now += 1
+        c(new_event(dataset="netagent.host", action="node-counters", netagent={"host": {"interval_s": 1.0}}))
+    # only the namespaces reported within the window are remembered
+    status = c.status()
+    assert status["namespaces"] <= 61 and status["namespaces_with_counters"] <= 61
+    assert status["namespaces_with_inventory"] == 0
