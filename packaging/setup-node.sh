@@ -21,6 +21,7 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # containerd + containernetworking-plugins + gcc/libc6-dev (a static pause
 # binary): the Kubernetes lab node (packaging/lab); podman + buildah: `make image`.
 # bpftrace: the reference counter the drop benchmark measures itself against.
+# qemu-system-x86 + busybox-static + zstd: the VM lab (packaging/vm/run).
 PACKAGES=(
   python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool
   linux-headers-amd64 kmod iproute2 iptables nftables conntrack ethtool
@@ -28,6 +29,7 @@ PACKAGES=(
   rsyslog rsyslog-gnutls gnutls-bin openssl prometheus
   dpkg-dev fakeroot systemd procps debootstrap
   containerd containernetworking-plugins gcc libc6-dev podman buildah bpftrace
+  qemu-system-x86 busybox-static zstd
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -84,6 +86,11 @@ elif [[ $(id -u) -eq 0 ]]; then
     say "kernel headers: none installed for $release; BCC sensors will not compile"
   fi
 fi
+
+# --- Debian kernels for the VM lab ---------------------------------------------
+# After the headers step, so the nearest headers chosen above for the running
+# kernel stay what they were before these packages existed.
+bash packaging/vm/install-kernels.sh
 
 # --- python environment --------------------------------------------------------
 # --system-site-packages so `import bcc` (from python3-bpfcc) works in the venv.

@@ -9,6 +9,7 @@ import threading
 import time
 
 import orjson
+from timescale import scaled
 
 NETAGENT = os.path.join(sys.prefix, "bin", "netagent")
 
@@ -36,6 +37,7 @@ class AgentProcess:
             self._stderr_q.put(text)
 
     def wait_for_stderr(self, needle: str, timeout: float = 20.0) -> str:
+        timeout = scaled(timeout)  # longer in a TCG guest (tests/timescale.py)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -53,7 +55,7 @@ class AgentProcess:
         start = time.monotonic()
         self.proc.send_signal(sig)
         try:
-            code = self.proc.wait(timeout=timeout)
+            code = self.proc.wait(timeout=scaled(timeout))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
