@@ -1,22 +1,25 @@
-"""`netagent run` in-process (CliRunner isolation + netagent.cli.main) with test-double sensors.
+"""`netagent run` with test-double sensors.
 
 The sensors here are fakes registered as modules under a test-only name, so
 the daemon's real paths run: registry, config validation, attach, polling
-threads, the pipeline, the file sink, signals, reload and sd_notify.
+threads, the pipeline, the file sink, signals, reload and sd_notify. Tests
+that signal the agent run it as its own process (fake_sensors.py registers
+the fakes there) and wait on what it writes; only the start-up refusals
+(exit 69/77/78, no signal involved) run in-process through netagent.cli.main.
 """
 
+import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
-import threading
 import time
 import types
 
 import orjson
 import pytest
-from click.testing import CliRunner
 
 from netagent import registry
 from netagent.cli import main
@@ -117,51 +120,89 @@ def read_events(path):
         return [orjson.loads(line) for line in f]
 
 
-def run_daemon(args, actions):
-    """Run `netagent run ...` on this (main) thread; `actions` is [(delay, signal or callable)]
-    performed from a helper thread while the daemon runs (signals go to this process)."""
-    done = threading.Event()
+class Agent:
+    """`netagent run` with the fake sensors (fake_sensors.py) as a real process: the test
+    signals that process, never itself, and waits on what it writes, not on delays."""
 
-    def sender():
-        for delay, sig in actions:
-            if done.wait(delay):
-                return  # the daemon already exited: never signal the test runner itself
-            if callable(sig):
-                sig()
-            else:
-                os.kill(os.getpid(), sig)
+    SPEC = {"modules": ["alpha", "beta", "gamma", "missing:missing"],
+            "behaviour": {"gamma": {"can_run": False}}}
 
-    # Should a signal still arrive after the daemon restored the handlers, it lands
-    # here instead of killing the whole pytest run.
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    t = threading.Thread(target=sender, daemon=True)
-    runner = CliRunner()
-    try:
-        with runner.isolation() as streams:
-            t.start()
-            t0 = time.monotonic()
-            try:
-                main(args)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code
-            finally:
-                done.set()
-            elapsed = time.monotonic() - t0
-            out, err = streams[0].getvalue().decode(), streams[1].getvalue().decode()
-        t.join(5)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return code, out, err, elapsed
+    def __init__(self, tmp_path, config, env=None):
+        self.tmp_path = tmp_path
+        self.state = tmp_path / "state"
+        self.state.mkdir(exist_ok=True)
+        self.events_path = tmp_path / "events.json"
+        self.proc = subprocess.Popen(
+            [sys.executable, FAKES, str(self.state), json.dumps(self.SPEC), "run", "--config", config],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+        self.wait(lambda: self.actions().count("agent-started"), "agent-started")
+
+    def events(self):
+        try:
+            with open(self.events_path, "rb") as f:
+                return [orjson.loads(line) for line in f if line.endswith(b"\n")]
+        except FileNotFoundError:
+            return []
+
+    def actions(self):
+        return [e["event"]["action"] for e in self.events()]
+
+    def wait(self, predicate, what, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited ({self.proc.returncode}) before {what}: "
+                                     f"{self.proc.stderr.read().decode()}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=20.0):
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out.decode(), err.decode(), time.monotonic() - t0
+
+    def instances(self, name):
+        return sorted(p.name for p in self.state.iterdir() if p.name.startswith(f"{name}.") and p.name.endswith(".created"))
+
+    def detached(self, name, k):
+        p = self.state / f"{name}.{k}.detached"
+        return int(p.read_text()) if p.exists() else None
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+FAKES = os.path.join(os.path.dirname(__file__), "fake_sensors.py")
+
+
+@pytest.fixture
+def agents():
+    made = []
+
+    def start(*args, **kwargs):
+        a = Agent(*args, **kwargs)
+        made.append(a)
+        return a
+
+    yield start
+    for a in made:
+        a.kill()
 
 
 @pytest.mark.timeout(60)
-def test_run_lifecycle_sequence_and_totals(tmp_path, sensors):
-    path = write(tmp_path, base_config(tmp_path))
-    code, out, err, elapsed = run_daemon(["run", "--config", path], [(1.2, signal.SIGTERM)])
+def test_run_lifecycle_sequence_and_totals(tmp_path, agents):
+    agent = agents(tmp_path, write(tmp_path, base_config(tmp_path)))
+    agent.wait(lambda: sum(1 for e in agent.events() if e["event"]["dataset"] == "netagent.alpha") >= 30
+               and agent.actions().count("heartbeat") >= 3, "30 alpha events and 3 heartbeats")
+    code, out, err, elapsed = agent.stop()
     assert code == 0, err
-    events = read_events(tmp_path / "events.json")
+    events = agent.events()
     seqs = [e["event"]["sequence"] for e in events]
     assert seqs == list(range(1, len(events) + 1))  # contiguous, in file order
 
@@ -182,58 +223,63 @@ def test_run_lifecycle_sequence_and_totals(tmp_path, sensors):
     fake = [e for e in events if e["event"]["action"] == "fake"]
     alpha = [e["netagent"]["n"] for e in fake if e["event"]["dataset"] == "netagent.alpha"]
     # every event the sensor produced arrived, including the final poll made at detach
-    assert alpha == list(range(1, sensors["alpha"].instances[0].n + 1)) and len(alpha) >= 30
+    assert alpha == list(range(1, agent.detached("alpha", 0) + 1)) and len(alpha) >= 30
     assert totals["events_by_dataset"]["netagent.alpha"] == len(alpha)
-    assert all(s.detached for m in sensors.values() for s in m.instances if s.attached)
+    assert agent.detached("beta", 0) is not None
 
     beats = [e for e in events if e["event"]["action"] == "heartbeat"]
     assert len(beats) >= 3
     hb = beats[-1]
     assert hb["event"]["kind"] == "metric"
-    agent = hb["netagent"]["agent"]
-    assert agent["rss_bytes"] > 10_000_000 and agent["cpu_seconds"] > 0
-    assert agent["lost"]["kernel"] == 7
-    assert agent["events_emitted"] == hb["event"]["sequence"] - 1
-    assert {s["name"]: s["state"] for s in agent["sensors"]}["alpha"] == "on"
+    agent_fields = hb["netagent"]["agent"]
+    assert agent_fields["rss_bytes"] > 10_000_000 and agent_fields["cpu_seconds"] > 0
+    assert agent_fields["lost"]["kernel"] == 7
+    assert agent_fields["events_emitted"] == hb["event"]["sequence"] - 1
+    assert {s["name"]: s["state"] for s in agent_fields["sensors"]}["alpha"] == "on"
+    assert agent_fields["watchdog"] == {"restarts": 0, "threads": []}
     assert "started (pid" in err and "stopped (SIGTERM)" in err
     assert elapsed < 6
 
 
 @pytest.mark.timeout(60)
-def test_sighup_with_invalid_config_keeps_the_old_one(tmp_path, sensors):
+def test_sighup_with_invalid_config_keeps_the_old_one(tmp_path, agents):
     path = write(tmp_path, base_config(tmp_path))
+    agent = agents(tmp_path, path)
+    with open(path, "a") as f:
+        f.write('\n[sensors.alpha]\ninterval = "soon"\n')
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait(lambda: "config-reload-failed" in agent.actions(), "config-reload-failed")
 
-    def break_config():
-        with open(path, "a") as f:
-            f.write('\n[sensors.alpha]\ninterval = "soon"\n')
+    def alpha_after_failure():
+        events = agent.events()
+        failed = next(i for i, e in enumerate(events) if e["event"]["action"] == "config-reload-failed")
+        return sum(1 for e in events[failed:] if e["event"]["dataset"] == "netagent.alpha") >= 5
 
-    code, out, err, _ = run_daemon(["run", "--config", path], [
-        (0.6, break_config), (0.0, signal.SIGHUP), (0.8, signal.SIGTERM)])
+    agent.wait(alpha_after_failure, "the sensors to go on after the rejected reload")
+    code, out, err, _ = agent.stop()
     assert code == 0, err
     assert "reload rejected, keeping the running configuration" in err and "sensors.alpha.interval" in err
-    events = read_events(tmp_path / "events.json")
+    events = agent.events()
     assert [e["event"]["sequence"] for e in events] == list(range(1, len(events) + 1))
-    failed = [i for i, e in enumerate(events) if e["event"]["action"] == "config-reload-failed"]
+    failed = [e for e in events if e["event"]["action"] == "config-reload-failed"]
     assert len(failed) == 1
-    assert "sensors.alpha.interval" in events[failed[0]]["netagent"]["agent"]["error"]
-    # the sensors kept running with the old configuration after the rejected reload
-    after = [e for e in events[failed[0]:] if e["event"]["dataset"] == "netagent.alpha"]
-    assert len(after) >= 5
-    assert len(sensors["alpha"].instances) == 1  # never re-created
+    assert "sensors.alpha.interval" in failed[0]["netagent"]["agent"]["error"]
+    assert agent.instances("alpha") == ["alpha.0.created"]  # never re-created
 
 
 @pytest.mark.timeout(60)
-def test_sighup_applies_a_valid_change_and_reopens_files(tmp_path, sensors):
+def test_sighup_applies_a_valid_change_and_reopens_files(tmp_path, agents):
     path = write(tmp_path, base_config(tmp_path))
+    agent = agents(tmp_path, path)
     second = tmp_path / "second.json"
-
-    def change_config():
-        os.rename(tmp_path / "events.json", tmp_path / "events.json.rotated")  # logrotate
-        with open(path, "a") as f:
-            f.write(f'\n[[sinks]]\ntype = "file"\npath = "{second}"\n[sensors.alpha]\nper_poll = 1\n')
-
-    code, out, err, _ = run_daemon(["run", "--config", path], [
-        (0.6, change_config), (0.0, signal.SIGHUP), (0.8, signal.SIGTERM)])
+    os.rename(tmp_path / "events.json", tmp_path / "events.json.rotated")  # logrotate
+    with open(path, "a") as f:
+        f.write(f'\n[[sinks]]\ntype = "file"\npath = "{second}"\n[sensors.alpha]\nper_poll = 1\n')
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait(lambda: (tmp_path / "events.json").exists() and second.exists()
+               and agent.detached("alpha", 0) is not None, "the reload (new file, new sink, alpha replaced)")
+    agent.wait(lambda: "heartbeat" in agent.actions(), "a heartbeat in the reopened file")
+    code, out, err, _ = agent.stop()
     assert code == 0, err
     assert "configuration reloaded" in err
     rotated = read_events(tmp_path / "events.json.rotated")
@@ -245,27 +291,30 @@ def test_sighup_applies_a_valid_change_and_reopens_files(tmp_path, sensors):
     assert reloaded["netagent"]["agent"]["sensors_restarted"] == ["alpha"]
     new_sink = read_events(second)
     assert new_sink and new_sink[-1]["event"]["action"] == "agent-stopped"
-    assert len(sensors["alpha"].instances) == 2 and sensors["alpha"].instances[0].detached
-    assert len(sensors["beta"].instances) == 1  # unchanged sensors keep running
+    assert agent.instances("alpha") == ["alpha.0.created", "alpha.1.created"]
+    assert agent.detached("alpha", 0) is not None
+    assert agent.instances("beta") == ["beta.0.created"]  # unchanged sensors keep running
 
 
 @pytest.mark.timeout(60)
-def test_sd_notify_ready_after_sensors_attached(tmp_path, sensors, monkeypatch):
+def test_sd_notify_ready_after_sensors_attached(tmp_path, agents):
     sock_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
-    sock.settimeout(0.1)
-    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
-    path = write(tmp_path, base_config(tmp_path))
-    code, out, err, _ = run_daemon(["run", "--config", path], [(0.8, signal.SIGHUP), (0.5, signal.SIGTERM)])
-    assert code == 0, err
-    messages = []
-    while True:
-        try:
+    sock.settimeout(20)
+    try:
+        agent = agents(tmp_path, write(tmp_path, base_config(tmp_path)), env={"NOTIFY_SOCKET": sock_path})
+        messages = [sock.recv(4096).decode()]
+        agent.proc.send_signal(signal.SIGHUP)
+        while not messages[-1].startswith("RELOADING=1"):
             messages.append(sock.recv(4096).decode())
-        except TimeoutError:
-            break
-    sock.close()
+        messages.append(sock.recv(4096).decode())  # READY=1 after the reload
+        code, out, err, _ = agent.stop()
+        assert code == 0, err
+        while not messages[-1].startswith("STOPPING=1"):
+            messages.append(sock.recv(4096).decode())
+    finally:
+        sock.close()
     assert messages[0].startswith("READY=1\n")
     assert "STATUS=2 sensor(s) on: alpha (fake hook (alpha)), beta (fake hook (beta))" in messages[0]
     assert any(m.startswith("RELOADING=1") for m in messages)
@@ -315,7 +364,7 @@ def test_unusable_sink_exits_78_before_any_sensor_attaches(tmp_path, sensors, ca
 
 
 @pytest.mark.timeout(60)
-def test_reload_moves_a_prometheus_sink_to_new_settings_on_the_same_port(tmp_path, sensors):
+def test_reload_moves_a_prometheus_sink_to_new_settings_on_the_same_port(tmp_path, agents):
     import urllib.request
 
     with socket.socket() as s:
@@ -323,17 +372,21 @@ def test_reload_moves_a_prometheus_sink_to_new_settings_on_the_same_port(tmp_pat
         port = s.getsockname()[1]
     prom = f'\n[[sinks]]\ntype = "prometheus"\nlisten = "127.0.0.1:{port}"\n'
     path = write(tmp_path, base_config(tmp_path) + prom)
-    scraped = []
+    agent = agents(tmp_path, path)
+    with open(path, "a") as f:
+        f.write("max_interfaces = 8\n")  # same port, other settings: a new sink must take the port over
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait(lambda: "config-reloaded" in agent.actions(), "config-reloaded")
 
-    def change_and_scrape():
-        with open(path, "a") as f:
-            f.write("max_interfaces = 8\n")  # same port, other settings: a new sink must take the port over
-        os.kill(os.getpid(), signal.SIGHUP)
-        time.sleep(0.6)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            scraped.append(r.read().decode())
+    def scrape():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            return None
 
-    code, out, err, _ = run_daemon(["run", "--config", path], [(0.6, change_and_scrape), (0.2, signal.SIGTERM)])
+    scraped = agent.wait(scrape, "the new prometheus sink to answer on the same port")
+    code, out, err, _ = agent.stop()
     assert code == 0, err
     assert "configuration reloaded" in err and "reload rejected" not in err
-    assert scraped and 'netagent_events_total{dataset="netagent.alpha"}' in scraped[0]
+    assert 'netagent_events_total{dataset="netagent.alpha"}' in scraped
