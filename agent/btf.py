@@ -50,7 +50,24 @@ class Member:
         return self.bit_offset // 8
 
 
-class Btf:
+class _MemberLookups:
+    """Shortcuts over member(), shared by one blob and the kernel's set of blobs."""
+
+    def member(self, struct_name: str, path: str) -> tuple[int, Member]:
+        raise NotImplementedError
+
+    def member_offset(self, struct_name: str, path: str) -> int:
+        return self.member(struct_name, path)[0]
+
+    def has_member(self, struct_name: str, path: str) -> bool:
+        try:
+            self.member(struct_name, path)
+            return True
+        except BtfError:
+            return False
+
+
+class Btf(_MemberLookups):
     """One BTF blob. With `base`, a split blob (a module's) whose ids and
     strings continue those of `base` (vmlinux); lookups of base ids and
     strings are answered by `base`."""
@@ -233,16 +250,6 @@ class Btf:
                         return m.bit_offset + found[0], found[1]
         return None
 
-    def member_offset(self, struct_name: str, path: str) -> int:
-        return self.member(struct_name, path)[0]
-
-    def has_member(self, struct_name: str, path: str) -> bool:
-        try:
-            self.member(struct_name, path)
-            return True
-        except BtfError:
-            return False
-
     def member_size(self, struct_name: str, path: str) -> int:
         return self.size(self.member(struct_name, path)[1].type_id)
 
@@ -308,7 +315,7 @@ class Btf:
 
 _KIND_NAMES = {STRUCT: "struct", UNION: "union", ENUM: "enum", ENUM64: "enum64", TYPEDEF: "typedef", FUNC: "function"}
 
-class KernelBtf:
+class KernelBtf(_MemberLookups):
     """The running kernel's BTF: vmlinux, then the BTF of each loaded module.
 
     Name lookups (struct members, enums, function prototypes, tracepoint
@@ -377,16 +384,6 @@ class KernelBtf:
     # -- name lookups, vmlinux first ----------------------------------------------------
     def member(self, struct_name: str, path: str) -> tuple[int, Member]:
         return self.owner(struct_name, (STRUCT, UNION)).member(struct_name, path)
-
-    def member_offset(self, struct_name: str, path: str) -> int:
-        return self.member(struct_name, path)[0]
-
-    def has_member(self, struct_name: str, path: str) -> bool:
-        try:
-            self.member(struct_name, path)
-            return True
-        except BtfError:
-            return False
 
     def member_size(self, struct_name: str, path: str) -> int:
         blob = self.owner(struct_name, (STRUCT, UNION))
