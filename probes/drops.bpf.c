@@ -142,14 +142,19 @@ static __always_inline u64 tick_now(void)
 
 static __always_inline u32 netns_of(const void *skb, const void *dev, const int direct)
 {
-    const void *net = 0;
+    // Each return loads through a pointer straight from the load before it:
+    // a pointer merged from two paths (dev's or the socket's namespace)
+    // loses its BTF type in the verifier's eyes, and a plain load from it
+    // is refused.
+    const void *net;
     if (dev) {
         net = (const void *)FIELD(u64, dev, OFF_DEV_NET, direct);
-    } else {
-        const void *sk = (const void *)FIELD(u64, skb, OFF_SKB_SK, direct);
-        if (sk)
-            net = (const void *)FIELD(u64, sk, OFF_SK_NET, direct);
+        return net ? FIELD(u32, net, OFF_NET_INUM, direct) : 0;
     }
+    const void *sk = (const void *)FIELD(u64, skb, OFF_SKB_SK, direct);
+    if (!sk)
+        return 0;
+    net = (const void *)FIELD(u64, sk, OFF_SK_NET, direct);
     return net ? FIELD(u32, net, OFF_NET_INUM, direct) : 0;
 }
 
