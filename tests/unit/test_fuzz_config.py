@@ -24,7 +24,7 @@ from netagent.findings.correlator import CONFIG_SCHEMA as FINDINGS_SCHEMA
 from netagent.sinks import SINK_TYPES, sink_class
 from netagent.sinks.base import COMMON_SCHEMA
 
-FUZZ = settings(max_examples=250, deadline=None,
+FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 SENSOR_SCHEMAS = {m.section: m.schema for m in registry.load_modules() if m.loaded}

@@ -19,7 +19,7 @@ from netagent.host import procfs
 from netagent.tracefs import parse_format
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def fixture_texts(*globs: str) -> list[str]:
@@ -138,7 +138,7 @@ def dns_packets(draw):
 def test_dns_answer_parser_raises_only_invalid_response():
     assert sorted(wire.parse_response(GOOD, QUERY).resolved_ips) == ["192.0.2.1", "192.0.2.2"]
 
-    @settings(max_examples=600, deadline=None)
+    @settings(max_examples=400, deadline=None)
     @given(dns_packets())
     def check(packet):
         try:
