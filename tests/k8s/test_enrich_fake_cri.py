@@ -267,3 +267,30 @@ def test_doctor_says_whether_pods_can_be_named_and_why_not(cli_env, cri, sandbox
     r = netagent("doctor", "--output", "table", env=dict(cli_env, NETAGENT_RUNTIME_SOCKET=str(tmp_path / "no.sock")))
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("pod attribution"))
     assert "no (" in line and "no.sock" in line and "netns inode" in line
+
+
+CHECK_WITHOUT_SYS_ADMIN = r"""
+import json, sys
+from netagent import netns
+from netagent.enrich.ifnames import RtNetlink, links_of
+cap_eff = int(next(l for l in open("/proc/self/status") if l.startswith("CapEff")).split()[1], 16)
+try:
+    netns.setns(sys.argv[1])
+    entered = True
+except Exception as exc:
+    entered = str(exc)
+print(json.dumps({"sys_admin": bool(cap_eff >> 21 & 1), "setns": entered,
+                  "links": links_of(RtNetlink(), sys.argv[1])}))
+"""
+
+
+def test_interface_names_need_no_cap_sys_admin(sandboxes):
+    """Issue 10 item 8: the hardened unit has no CAP_SYS_ADMIN, so no setns; netlink with a netnsid works."""
+    sb = sandboxes()
+    sb.ns.run("ip", "link", "add", "podeth9", "type", "veth", "peer", "name", "podpeer9")
+    r = subprocess.run(["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin", sys.executable, "-c",
+                        CHECK_WITHOUT_SYS_ADMIN, f"/proc/{sb.pid}/ns/net"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["sys_admin"] is False and out["setns"] is not True  # entering the namespace is refused...
+    assert "podeth9" in out["links"].values() and "podpeer9" in out["links"].values()  # ...naming works
