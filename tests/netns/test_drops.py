@@ -61,7 +61,7 @@ def send(ns, family, src, sport, dst, dport, count):
 def run_agent(server, *extra):
     agent = AgentProcess("trace", "drops", "--netns", server.name, "--output", "json", "--interval", "0.5", *extra)
     line = agent.wait_for_stderr("attached to", timeout=scaled(20))
-    assert "tracepoint skb:kfree_skb" in line
+    assert re.search(r"attached to (tp_btf|raw_tracepoint|tracepoint) skb:kfree_skb", line), line
     return agent
 
 
