@@ -3,7 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench deb clean cri-proto
+.PHONY: setup run test bench soak deb clean cri-proto
 
 setup:
 	@bash packaging/setup-node.sh
@@ -16,6 +16,11 @@ test: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+# 10 minutes of faults at once (drop storm, collector outages, SIGHUPs, full spool disk);
+# figures in bench/results/soak.json. `make test` runs a 2-minute version (tests/netns/test_soak.py).
+soak: setup
+	$(PY) bench/soak.py --duration 600
 
 deb: setup
 	bash packaging/build-deb.sh

@@ -395,3 +395,14 @@ def server_context(certs: CertSet, require_client_cert: bool = False):
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(certs.ca)
     return ctx
+
+
+def fill_filesystem(path) -> None:
+    """Write zeros to `path` until its filesystem refuses (ENOSPC): nothing is left on it."""
+    with open(path, "wb", buffering=0) as f:
+        for chunk in (65536, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError:
+                pass

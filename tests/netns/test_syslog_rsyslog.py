@@ -24,7 +24,7 @@ import time
 import pytest
 
 from agent_proc import AgentProcess
-from rsyslog_lab import Rsyslog, dedupe_sequences, make_ca, make_certs, parse_message
+from rsyslog_lab import Rsyslog, dedupe_sequences, fill_filesystem, make_ca, make_certs, parse_message
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -326,7 +326,7 @@ def test_full_spool_disk_while_collector_down_counts_losses_and_resumes(tmp_path
             assert wait_until(lambda: drops_received(rsyslog) >= 10)
             rsyslog.stop()
             wait_said(agent, "cannot deliver")
-            fill(disk / "filler")  # the disk is full now: the spool gets ENOSPC
+            fill_filesystem(disk / "filler")  # the disk is full now: the spool gets ENOSPC
             line = wait_said(agent, "cannot write (ENOSPC", timeout=30)
             assert "counted at 'spool'" in line
             rsyslog.start()  # the collector is back while the disk is still full
@@ -359,13 +359,3 @@ def test_full_spool_disk_while_collector_down_counts_losses_and_resumes(tmp_path
     stopped = next(e for e in events if e["event"]["action"] == "agent-stopped")
     assert stopped["netagent"]["agent"]["lost"]["spool"] == lost_spool
 
-
-def fill(path):
-    """Write zeros until the filesystem refuses: nothing is left on it."""
-    with open(path, "wb", buffering=0) as f:
-        for chunk in (65536, 4096, 1):
-            try:
-                while True:
-                    f.write(b"\0" * chunk)
-            except OSError:
-                pass

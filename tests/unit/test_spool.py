@@ -9,6 +9,9 @@ import pytest
 
 from netagent.spool import HEADER_SIZE, Position, Spool, SpoolError, segment_name
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from rsyslog_lab import fill_filesystem  # noqa: E402
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -280,22 +283,6 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def fill(path, chunk=4096):
-    """Write zeros to `path` until the filesystem refuses: nothing is left."""
-    with open(path, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * chunk)
-        except OSError:
-            pass
-        chunk = 1
-        try:
-            while True:
-                f.write(b"\0")
-        except OSError:
-            pass
-
-
 def test_full_disk_drops_and_counts_by_cause_and_resumes_by_itself(small_tmpfs):
     sp = Spool(str(small_tmpfs / "spool"), 10 << 20, segment_bytes=8192).open()
     data = payloads(4000, size=60)
@@ -312,7 +299,7 @@ def test_full_disk_drops_and_counts_by_cause_and_resumes_by_itself(small_tmpfs):
     assert sp.loss_causes() == {"ENOSPC": sp.dropped_error}
     assert len(stored_payloads) + sp.dropped_error == offered
     # the rest of the disk goes too: even the cursor cannot be written now
-    fill(small_tmpfs / "filler")
+    fill_filesystem(small_tmpfs / "filler")
     errors_before = sp.disk_errors
     got = read_all(sp)  # commits delete delivered segments; must not raise
     assert got == stored_payloads, "what was stored comes back, in order"
