@@ -7,9 +7,40 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from lab import Namespace  # noqa: E402
+from timescale import TIME_SCALE  # noqa: E402
+from vm.matrix import VM_MODULES  # noqa: E402
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _mark_vm_matrix(items):
+    """tests/kernel/ and the modules in tests/vm/matrix.py run in the VM matrix."""
+    listed = {os.path.join(os.path.dirname(TESTS_DIR), m) for m in VM_MODULES}
+    for item in items:
+        path = str(item.fspath)
+        if path.startswith(os.path.join(TESTS_DIR, "kernel") + os.sep) or path in listed:
+            item.add_marker(pytest.mark.vm)
+
+
+def _scale_timeouts(config, items):
+    """pytest-timeout bounds stretched by NETAGENT_TIME_SCALE (set in VM guests)."""
+    if TIME_SCALE == 1:
+        return
+    try:
+        default = float(config.getini("timeout") or 0)
+    except (ValueError, KeyError):
+        default = 0.0
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        seconds = (marker.args[0] if marker and marker.args else
+                   marker.kwargs.get("timeout") if marker else default)
+        if seconds:
+            item.add_marker(pytest.mark.timeout(float(seconds) * TIME_SCALE), append=False)
 
 
 def pytest_collection_modifyitems(config, items):
+    _mark_vm_matrix(items)
+    _scale_timeouts(config, items)
     # Tests under kernel/ and netns/ need root. CI runs as root, so there they
     # always run; a developer without root sees them skipped with the reason.
     if os.geteuid() == 0:
