@@ -20,6 +20,7 @@ class Symbolizer:
         self._starts = array("I")  # offset of each name in _blob
         self._blob = b"\n"  # "\n" + name + "\n" + name + "\n" ...; a name may carry " [module]"
         self._loaded = False
+        self._memo: dict[int, str] = {}
         if text is not None:
             self._parse(text.encode())
 
@@ -63,6 +64,15 @@ class Symbolizer:
 
     def symbolize(self, addr: int) -> str:
         """'kfree_skb_reason+0x1a' or the bare hex address when unknown."""
+        # Drops come from a few hundred places at most; a storm asks for them thousands of times a second.
+        text = self._memo.get(addr)
+        if text is None:
+            if len(self._memo) >= 8192:
+                self._memo.clear()
+            text = self._memo[addr] = self._symbolize(addr)
+        return text
+
+    def _symbolize(self, addr: int) -> str:
         self._ensure()
         i = bisect.bisect_right(self._addrs, addr) - 1
         if i < 0 or not addr:

@@ -1,5 +1,6 @@
 """Clock conversions and human duration/size parsing shared by CLI and config."""
 
+import functools
 import re
 import time
 from datetime import datetime, timezone
@@ -45,6 +46,13 @@ def iso_timestamp(epoch_seconds: float | None = None) -> str:
     """RFC 3339 UTC timestamp with microseconds, as ECS @timestamp expects."""
     if epoch_seconds is None:
         epoch_seconds = time.time()
+    return _iso(epoch_seconds)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso(epoch_seconds: float) -> str:
+    # Cached: a sensor stamps thousands of events per poll with the same few
+    # values (the poll time; first/last times quantized to the kernel tick).
     dt = datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
     return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
 

@@ -22,9 +22,7 @@ FLOOD_CPU = os.environ.get("BENCH_FLOOD_CPU", str(max(os.cpu_count() - 1, 0)))
 
 
 def build_flood() -> str:
-    out = os.path.join(tempfile.mkdtemp(prefix="netagent-bench-"), "udp_flood")
-    subprocess.run(["gcc", "-O2", "-o", out, os.path.join(HERE, "udp_flood.c")], check=True)
-    return out
+    return build("udp_flood")
 
 
 def flood(ns, binary: str, seconds: float, addr: str = "127.0.0.1", port: int = 9) -> tuple[int, float]:
@@ -38,6 +36,19 @@ def noports(ns) -> int:
     """Udp NoPorts of namespace `ns`: the kernel's own count of closed-port drops."""
     lines = [ln.split() for ln in ns.read_proc("net/snmp").splitlines() if ln.startswith("Udp:")]
     return int(lines[1][lines[0].index("NoPorts")])
+
+
+def noports_all(ns) -> int:
+    """Udp NoPorts + Udp6 NoPorts of namespace `ns`."""
+    six = next(int(ln.split()[1]) for ln in ns.read_proc("net/snmp6").splitlines() if ln.startswith("Udp6NoPorts"))
+    return noports(ns) + six
+
+
+def build(source: str) -> str:
+    """Compile bench/<source>.c; the path of the binary."""
+    out = os.path.join(tempfile.mkdtemp(prefix="netagent-bench-"), source)
+    subprocess.run(["gcc", "-O2", "-o", out, os.path.join(HERE, f"{source}.c")], check=True)
+    return out
 
 
 def spread(values) -> dict:

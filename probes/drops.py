@@ -9,8 +9,11 @@ buffers, which loses and double-counts nothing (see drops.bpf.c).
 """
 
 import ctypes
+import functools
 import ipaddress
 import platform
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -194,12 +197,19 @@ def kprobes_available() -> bool:
 # --- rendering -------------------------------------------------------------------
 
 def _address(words, l3: int) -> str | None:
-    raw = b"".join(int(w).to_bytes(4, "little") for w in words)
+    """The address in a flow key's four u32 words (as the kernel stored them: network byte order)."""
+    raw = bytes(words) if isinstance(words, ctypes.Array) else struct.pack("<4I", *words)
     if l3 == 0x0800:
-        return str(ipaddress.IPv4Address(raw[:4]))
+        return _ntop(socket.AF_INET, raw[:4])
     if l3 == 0x86DD:
-        return str(ipaddress.IPv6Address(raw))
+        return _ntop(socket.AF_INET6, raw)
     return None
+
+
+@functools.lru_cache(maxsize=16384)
+def _ntop(family: int, raw: bytes) -> str:
+    # inet_ntop (C) and a cache: a storm renders ten thousand flows a second, mostly of few hosts
+    return socket.inet_ntop(family, raw)
 
 
 def render_flow(key, val, *, reasons: dict[int, str], has_reason: bool, symbolize, interface: str | None,
