@@ -15,7 +15,7 @@ import pytest
 from netagent import registry
 
 NETAGENT = os.path.join(sys.prefix, "bin", "netagent")
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)
 
 
 def config(tmp_path) -> str:
@@ -26,7 +26,7 @@ def config(tmp_path) -> str:
 
 
 def wait_started(tmp_path, proc):
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # generous: the machine may be loaded
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             if b"agent-started" in (tmp_path / "e.json").read_bytes():
