@@ -80,6 +80,7 @@ class SensorRunner:
         self._final_losses: dict[str, int] = {}
         self._final_poll = True  # stop() polls once more (a handover polls itself)
         self.predecessor: SensorRunner | None = None  # armed, until hand_over() or cancel_handover()
+        self.gate: threading.Event | None = None  # set once polling may begin
 
     def start(self, predecessor: "SensorRunner | None" = None) -> None:
         """Attach; an unusable sensor ends up off with the reason. A configuration
@@ -137,6 +138,10 @@ class SensorRunner:
             self._poll_once()  # what the kernel counted since the last poll
 
     def _poll_loop(self) -> None:
+        # the first poll waits for the daemon's agent-started event, so a SIEM sees that first
+        while self.gate is not None and not self.gate.wait(0.05):
+            if self._stop.is_set():
+                return
         interval = float(getattr(self.sensor, "interval", None) or self.cfg.get("interval", 1.0))
         next_poll = time.monotonic() + interval
         while not self._stop.wait(max(0.0, next_poll - time.monotonic())):
@@ -247,6 +252,7 @@ class Daemon:
         self._process = psutil.Process()
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
         self.reload_ok = True
+        self._started = threading.Event()  # agent-started is queued: sensors may publish
         self.reloads = 0
         self.enricher = None  # netagent.enrich.stage.Enricher, built at start
         self._wake_r = self._wake_w = None
@@ -300,6 +306,7 @@ class Daemon:
                     continue
                 runner = SensorRunner(module.section, module, table, self.pipeline, self.ratelog)
                 runner.config_key = key
+                runner.gate = self._started
                 # A changed sensor: the new one attaches before the old one detaches
                 # (no gap); sensors that can hand over exactly also never count a
                 # drop twice during the overlap (SensorRunner.hand_over).
@@ -388,7 +395,7 @@ class Daemon:
         self.enricher = Enricher.from_config(cfg.kubernetes, log=lambda message: log(message, 4))
         log(self.enricher.start())
         self.pipeline = Pipeline(sinks, capacity=cfg.agent["queue_events"],
-                                 processors=[self.enricher.pipeline_processor()] + _processors(cfg))
+                                 processors=[self.enricher] + _processors(cfg))
         self.pipeline.start()
         try:
             self.runners = self._attach_sensors(cfg)
@@ -402,6 +409,7 @@ class Daemon:
             "agent-started", type_=["start"], version=__version__, config=cfg.source,
             sensors=[r.status() for r in self.runners], sinks=[{"name": s.name, "type": s.TYPE} for s in sinks],
         ))
+        self._started.set()
         status = f"{len(on)} sensor(s) on: {', '.join(f'{r.section} ({r.attach_path})' for r in on) or 'none'}"
         log(f"started (pid {os.getpid()}, config {cfg.source}): {status}; sinks: "
             f"{', '.join(s.name for s in sinks)}")
@@ -538,7 +546,7 @@ class Daemon:
         release_startup_memory()
         self.pipeline.queue.capacity = new.agent["queue_events"]
         if new.findings != self.config.findings:
-            self.pipeline.processors = [self.enricher.pipeline_processor()] + _processors(new)
+            self.pipeline.processors = [self.enricher] + _processors(new)
         if new.kubernetes != self.config.kubernetes:
             log("reload: [kubernetes] changes take effect at the next restart", 4)
         self.config = new

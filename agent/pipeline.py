@@ -91,6 +91,8 @@ class Pipeline:
         # structlog-style processors run on the dispatcher thread before stamping:
         # each is (event) -> list of events (the event itself plus anything it adds,
         # e.g. netagent.findings.Correlator); one that raises passes the event on as it was.
+        # One with process_batch(events) -> events gets the whole batch in one call
+        # (netagent.enrich.stage.Enricher: per-event calls would cost more than its work).
         self.processors = list(processors or [])
         self.processor_failed = 0
 
@@ -145,6 +147,14 @@ class Pipeline:
 
     def _process(self, batch: list[dict]) -> list[dict]:
         for processor in self.processors:
+            whole = getattr(processor, "process_batch", None)
+            if whole is not None:
+                # a batch processor (the enrichment stage): one call per batch, it never drops an event
+                try:
+                    batch = whole(batch)
+                except Exception:
+                    self.processor_failed += len(batch)
+                continue
             out: list[dict] = []
             for event in batch:
                 try:

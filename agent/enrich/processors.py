@@ -1,10 +1,9 @@
 """The enrichment processors: each is `(event) -> event`, run in a chain (structlog style).
 
     NetnsAttributor  netns inode -> pod and container, else the namespace's name (ip-netns
-                     name, pid:N); the node's namespace -> host_network
+                     name, pid:N); the node's namespace -> host_network; kubernetes.node.name
     InterfaceNamer   (netns inode, ifindex) -> interface name, by netlink with a netnsid
     PeerAttributor   source.ip / destination.ip -> the pod that has that IP
-    NodeNamer        kubernetes.node.name
 
 A processor adds fields and returns the event; it never drops or holds one.
 What it could not find for a reason that is a failure (the runtime does not
@@ -44,6 +43,18 @@ class Failures:
     @property
     def total(self) -> int:
         return sum(self.by_cause.values())
+
+
+class Processor:
+    """A processor works on a batch (the pipeline hands over up to a thousand events at a
+    time): one Python call per batch, not per event, is what keeps the stage cheap.
+    Calling it with one event is the structlog form, `(event) -> event`."""
+
+    def process(self, events: list[dict]) -> list[dict]:
+        raise NotImplementedError
+
+    def __call__(self, event: dict) -> dict:
+        return self.process([event])[0]
 
 
 class NetnsDirectory:
@@ -91,7 +102,7 @@ class NetnsDirectory:
         return ns.inode
 
 
-class InterfaceNamer:
+class InterfaceNamer(Processor):
     """netagent.drop.interface from (netns, ifindex), by netlink, cached per namespace."""
 
     def __init__(self, directory: NetnsDirectory, failures: Failures, clock=time.monotonic):
@@ -103,21 +114,24 @@ class InterfaceNamer:
         self._rtnl: RtNetlink | None = None
         self._lock = threading.Lock()
 
-    def __call__(self, event: dict) -> dict:
-        if event["event"].get("dataset") != "netagent.drops":
-            return event
-        drop = event["netagent"]["drop"]
-        ifindex = drop.get("ifindex")
-        if not ifindex or drop.get("interface"):
-            return event
-        inode = drop.get("netns") or self.directory.host.inode
-        names = self._names.get(inode)
-        name = names.get(ifindex) if names else None
-        if name is None:
-            name = self.lookup(inode, ifindex)
-        if name is not None:
-            drop["interface"] = name
-        return event
+    def process(self, events: list[dict]) -> list[dict]:
+        cache = self._names
+        host = self.directory.host.inode
+        for event in events:
+            if event["event"]["dataset"] != "netagent.drops":
+                continue
+            drop = event["netagent"]["drop"]
+            ifindex = drop["ifindex"]
+            if not ifindex or drop["interface"]:
+                continue
+            inode = drop["netns"] or host
+            names = cache.get(inode)
+            name = names.get(ifindex) if names else None
+            if name is None:
+                name = self.lookup(inode, ifindex)
+            if name is not None:
+                drop["interface"] = name
+        return events
 
     def lookup(self, inode: int, ifindex: int) -> str | None:
         key = (inode, ifindex)
@@ -194,10 +208,10 @@ def peer_fields(pod: PodInfo) -> dict:
     return cached
 
 
-HOST_NETWORK, ATTRIBUTION_FAILED = 1, 2
+HOST_NETWORK, ATTRIBUTION_FAILED, NAMES_POD = 1, 2, 4
 
 
-class NetnsAttributor:
+class NetnsAttributor(Processor):
     """What names an event's namespace: its pod, else the namespace's own name; the node's
     namespace is flagged host_network (every hostNetwork pod shares it: no single pod to name).
 
@@ -217,38 +231,40 @@ class NetnsAttributor:
         self._views: dict[int, tuple] = {}
         self._generation = None
 
-    def __call__(self, event: dict) -> dict:
-        where = NETNS_FIELD.get(event["event"].get("dataset"))
-        if where is None:
-            return event
-        body = event["netagent"].get(where[0])
-        if not body:
-            return event
-        inode = body.get(where[1])
-        if type(inode) is not int:
-            if not isinstance(inode, str):
-                return event
-            inode = self.directory.inode_of(inode)
-            if inode is None:
-                return event
+    def process(self, events: list[dict]) -> list[dict]:
         generation = self.pods.generation if self.pods is not None else 0
         if generation != self._generation:
             self._views = {}
             self._generation = generation
-        view = self._views.get(inode)
-        if view is None or (view[3] and self.clock() >= view[3]):
-            view = self._views[inode] = self._view(inode)
-        fields, name, flags, _retry = view
-        if fields:
-            event.update(fields)
-        if name and (where[0] == "drop" or fields and "orchestrator" in fields):
-            body["netns_name"] = name
-        if flags:
+        views = self._views
+        node_fields = self.node_fields
+        for event in events:
+            where = NETNS_FIELD.get(event["event"]["dataset"])
+            if where is None:
+                if node_fields is not None and "kubernetes" not in event:
+                    event.update(node_fields)  # heartbeats, host metrics: the node, no namespace
+                continue
+            body = event["netagent"].get(where[0])
+            if not body:
+                continue
+            inode = body.get(where[1])
+            if type(inode) is not int:
+                inode = self.directory.inode_of(inode) if isinstance(inode, str) else None
+                if inode is None:
+                    continue
+            view = views.get(inode)
+            if view is None or (view[3] and self.clock() >= view[3]):
+                view = views[inode] = self._view(inode)
+            fields, name, flags, _retry = view
+            if fields:
+                event.update(fields)
+            if name and (where[0] == "drop" or flags & NAMES_POD):
+                body["netns_name"] = name
             if flags & HOST_NETWORK:
                 event["netagent"]["host_network"] = True
             if flags & ATTRIBUTION_FAILED:
                 self.failures.count("runtime_unavailable")
-        return event
+        return events
 
     def _view(self, inode: int) -> tuple:
         """(top-level fields to set, netns display name, flags, retry time or 0) for a namespace."""
@@ -257,7 +273,7 @@ class NetnsAttributor:
         pods = self.pods
         pod = pods.by_netns.get(inode) if pods is not None else None
         if pod is not None:
-            return pod_fields(pod, self.node), pod_label(pod), 0, 0
+            return pod_fields(pod, self.node), pod_label(pod), NAMES_POD, 0
         flags = 0
         if pods is not None:
             if pods.healthy is False:
@@ -269,46 +285,39 @@ class NetnsAttributor:
         return self.node_fields, ns.name if ns else None, flags, retry
 
 
-class PeerAttributor:
+class PeerAttributor(Processor):
     """netagent.kubernetes.source / destination: the pods that own the event's addresses."""
 
     def __init__(self, pods):
         self.pods = pods
+        self._peers: dict[str, dict] = {}  # ip -> {namespace, pod}, rebuilt when the index changes
+        self._generation = None
 
-    def __call__(self, event: dict) -> dict:
-        by_ip = self.pods.by_ip
-        if not by_ip:
-            return event
-        src = event.get("source")
-        dst = event.get("destination")
-        peers = None
-        if src:
-            pod = by_ip.get(src.get("ip"))
-            if pod is not None:
-                peers = {"source": peer_fields(pod)}
-        if dst:
-            pod = by_ip.get(dst.get("ip"))
-            if pod is not None:
-                peers = peers or {}
-                peers["destination"] = peer_fields(pod)
-        if peers:
-            event["netagent"]["kubernetes"] = peers
-        return event
-
-
-class NodeNamer:
-    """kubernetes.node.name on the events that name no namespace (heartbeats, host metrics)."""
-
-    def __init__(self, node: str):
-        self.node = {"name": node}
-
-    def __call__(self, event: dict) -> dict:
-        k8s = event.get("kubernetes")
-        if k8s is None:
-            event["kubernetes"] = {"node": self.node}
-        elif "node" not in k8s:
-            k8s["node"] = self.node
-        return event
+    def process(self, events: list[dict]) -> list[dict]:
+        if self.pods.generation != self._generation:
+            self._generation = self.pods.generation
+            self._peers = {ip: peer_fields(pod) for ip, pod in self.pods.by_ip.items()}
+        peers = self._peers
+        if not peers:
+            return events
+        for event in events:
+            src = event.get("source")
+            dst = event.get("destination")
+            found = None
+            if src:
+                peer = peers.get(src.get("ip"))
+                if peer is not None:
+                    found = {"source": peer}
+            if dst:
+                peer = peers.get(dst.get("ip"))
+                if peer is not None:
+                    if found is None:
+                        found = {"destination": peer}
+                    else:
+                        found["destination"] = peer
+            if found:
+                event["netagent"]["kubernetes"] = found
+        return events
 
 
 def node_name(configured: str = "") -> str:

@@ -8,6 +8,7 @@ import pytest
 
 from netagent.enrich import cri
 from netagent.enrich.cri import PodInfo, sandbox_pid
+from netagent.enrich.processors import Processor
 from netagent.enrich.stage import Enricher
 from netagent.events import new_event
 from netagent.output import pod_cell
@@ -95,13 +96,19 @@ def test_runtime_down_counts_each_unnamed_event_by_cause():
 def test_a_failing_processor_keeps_the_event_and_is_counted():
     enricher = Enricher(StubIndex([POD]), node="n")
 
-    def broken(event):
-        raise KeyError("bug")
+    class Broken(Processor):
+        def process(self, events):
+            for event in events:
+                if event["netagent"]["drop"]["count"] == 3:
+                    raise KeyError("bug")
+            return events
 
-    enricher.processors.insert(0, broken)
-    ev = enricher(drop(POD.netns_inode))
-    assert ev["kubernetes"]["pod"]["name"] == "api-0"  # the rest of the chain still ran
-    assert enricher.failures.by_cause == {"error:broken": 1}
+    enricher.processors.insert(0, Broken())
+    fine = drop(POD.netns_inode)
+    fine["netagent"]["drop"]["count"] = 4
+    events = enricher.process_batch([drop(POD.netns_inode), fine])
+    assert [e["kubernetes"]["pod"]["name"] for e in events] == ["api-0", "api-0"]  # the rest of the chain ran
+    assert enricher.failures.by_cause == {"error:Broken": 1}  # only the event it failed on
 
 
 def test_without_kubernetes_events_keep_their_inode_and_gain_no_kubernetes_fields():
