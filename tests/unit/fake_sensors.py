@@ -25,13 +25,14 @@ ERRORS = {"ProbeUnavailable": ProbeUnavailable, "InsufficientPrivilege": Insuffi
 
 
 class FakeSensor(Sensor):
-    def __init__(self, name, k, state_dir, interval, per_poll, kernel_lost, can_run=True, attach_error=None):
+    def __init__(self, name, k, state_dir, interval, per_poll, kernel_lost, can_run=True, attach_error=None,
+                 reject=False):
         self.name, self.k, self.state_dir = name, k, state_dir
         self.interval = interval
         self.per_poll = per_poll
         self.kernel_lost = kernel_lost
         self.can_run = can_run
-        self.attach_error = attach_error
+        self.attach_error = attach_error or (("UsageError", "this configuration is rejected") if reject else None)
         self.n = 0
         self._mark("created")
 
@@ -43,36 +44,72 @@ class FakeSensor(Sensor):
         return SensorStatus(self.name, self.can_run, "fake hook" if self.can_run else None,
                             None if self.can_run else "fake kernel lacks the hook")
 
-    def attach(self):
+    def attach(self, predecessor=None):
         if self.attach_error:
             kind, message = self.attach_error
             raise ERRORS[kind](message)
         self._mark("attached")
+        if predecessor is not None:
+            self._step(f"attach after {predecessor.name}.{predecessor.k}")
         return f"fake hook ({self.name})"
+
+    def _step(self, what):
+        with open(os.path.join(self.state_dir, "handover.log"), "a") as f:
+            f.write(f"{self.name}.{self.k} {what}\n")
 
     def poll(self):
         out = []
         for _ in range(self.per_poll):
             self.n += 1
-            out.append(new_event(dataset=f"netagent.{self.name}", action="fake", netagent={"n": self.n}))
+            out.append(new_event(dataset=f"netagent.{self.name}", action="fake", netagent={"n": self.n, "k": self.k}))
         return out
 
     def detach(self):
         self._mark("detached", str(self.n))
+        self._step("detach")
 
     def losses(self):
         return {"kernel": self.kernel_lost}
+
+
+class HandoverFakeSensor(FakeSensor):
+    """Follows the drop sensor's hand-over protocol (netagent.probes.drops) and logs each step."""
+
+    supports_handover = True
+    retired = False
+
+    def arm_handover(self):
+        self._step("arm")
+
+    def disarm_handover(self):
+        self._step("disarm")
+
+    def retire(self):
+        self.retired = True
+        self._step("retire")
+
+    def release_predecessor(self):
+        self._step("release predecessor")
+
+    def poll(self):
+        if self.retired:
+            self._step("poll after retire")
+        return super().poll()
 
 
 def fake_module(name, state_dir, **behaviour):
     mod = types.ModuleType(f"netagent_test_{name}")
     mod.CONFIG_SECTION = name
     mod.CONFIG_SCHEMA = {"enabled": ("bool", True), "interval": ("duration", 0.05), "per_poll": ("int", 3),
-                         "kernel_lost": ("int", 0)}
+                         "kernel_lost": ("int", 0), "reject": ("bool", False)}
     made = []
 
+    behaviour = dict(behaviour)
+    cls = HandoverFakeSensor if behaviour.pop("handover", False) else FakeSensor
+
     def from_config(cfg):
-        s = FakeSensor(name, len(made), state_dir, cfg["interval"], cfg["per_poll"], cfg["kernel_lost"], **behaviour)
+        s = cls(name, len(made), state_dir, cfg["interval"], cfg["per_poll"], cfg["kernel_lost"],
+                reject=cfg["reject"], **behaviour)
         made.append(s)
         return s
 

@@ -127,13 +127,14 @@ class Agent:
     SPEC = {"modules": ["alpha", "beta", "gamma", "missing:missing"],
             "behaviour": {"gamma": {"can_run": False}}}
 
-    def __init__(self, tmp_path, config, env=None):
+    def __init__(self, tmp_path, config, env=None, spec=None):
+        self.spec = spec or self.SPEC
         self.tmp_path = tmp_path
         self.state = tmp_path / "state"
         self.state.mkdir(exist_ok=True)
         self.events_path = tmp_path / "events.json"
         self.proc = subprocess.Popen(
-            [sys.executable, FAKES, str(self.state), json.dumps(self.SPEC), "run", "--config", config],
+            [sys.executable, FAKES, str(self.state), json.dumps(self.spec), "run", "--config", config],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
         self.wait(lambda: self.actions().count("agent-started"), "agent-started")
 
@@ -390,3 +391,61 @@ def test_reload_moves_a_prometheus_sink_to_new_settings_on_the_same_port(tmp_pat
     assert code == 0, err
     assert "configuration reloaded" in err and "reload rejected" not in err
     assert 'netagent_events_total{dataset="netagent.alpha"}' in scraped
+
+
+@pytest.mark.timeout(180)
+def test_reload_hands_a_sensor_over_in_the_exact_order(tmp_path, agents):
+    """The order that makes the drop sensor's reload exact (see SensorRunner.hand_over):
+    the old one is armed before the new one attaches on top of it; only after every
+    new runner started is the old one retired, polled a last time (what it counted
+    up to the switch), the new one told to forget it, and then the old one detached."""
+    spec = {"modules": ["alpha", "beta"], "behaviour": {"alpha": {"handover": True}}}
+    path = write(tmp_path, base_config(tmp_path))
+    agent = agents(tmp_path, path, spec=spec)
+    with open(path, "a") as f:
+        f.write('\n[sensors.alpha]\nper_poll = 2\n')
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait(lambda: "config-reloaded" in agent.actions(), "config-reloaded")
+    code, out, err, _ = agent.stop()
+    assert code == 0, err
+    steps = (tmp_path / "state" / "handover.log").read_text().splitlines()
+    assert steps[:6] == ["alpha.0 arm", "alpha.1 attach after alpha.0", "alpha.0 retire",
+                         "alpha.0 poll after retire", "alpha.1 release predecessor", "alpha.0 detach"], steps
+    events = agent.events()
+    alpha = [e for e in events if e["event"]["dataset"] == "netagent.alpha"]
+    # the old sensor's last poll (after retire) arrived before the reload was announced
+    reloaded_at = next(i for i, e in enumerate(events) if e["event"]["action"] == "config-reloaded")
+    old_last = agent.detached("alpha", 0)
+    old_events = [e["netagent"]["n"] for e in events[:reloaded_at]
+                  if e["event"]["dataset"] == "netagent.alpha" and e["netagent"]["k"] == 0]
+    assert old_events == list(range(1, old_last + 1)), "all of the old sensor's events, the last poll included"
+    assert alpha and [e["event"]["sequence"] for e in events] == list(range(1, len(events) + 1))
+
+
+@pytest.mark.timeout(180)
+def test_a_rejected_reload_leaves_the_armed_sensor_counting(tmp_path, agents):
+    """A reload that attached the new sensor but failed on another one: the new one is
+    detached and the old one disarmed; it keeps running and polling."""
+    spec = {"modules": ["alpha", "beta"], "behaviour": {"alpha": {"handover": True}}}
+    path = write(tmp_path, base_config(tmp_path))
+    agent = agents(tmp_path, path, spec=spec)
+    write(tmp_path, base_config(tmp_path).replace("kernel_lost = 7", "kernel_lost = 7\n        reject = true")
+          + "\n        [sensors.alpha]\n        per_poll = 2\n")
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait(lambda: (tmp_path / "state" / "alpha.1.detached").exists(), "the new alpha to be given up")
+
+    def old_alpha_after(n):
+        return sum(1 for e in agent.events() if e["event"]["dataset"] == "netagent.alpha") >= n
+
+    seen = sum(1 for e in agent.events() if e["event"]["dataset"] == "netagent.alpha")
+    agent.wait(lambda: old_alpha_after(seen + 10), "the old alpha to go on polling")
+    code, out, err, _ = agent.stop()
+    assert code == 0, err
+    assert "reload: sensors keep their running configuration" in err and "sensors.beta" in err
+    steps = [s for s in (tmp_path / "state" / "handover.log").read_text().splitlines() if s.startswith("alpha")]
+    assert steps == ["alpha.0 arm", "alpha.1 attach after alpha.0", "alpha.0 disarm", "alpha.1 detach",
+                     "alpha.0 detach"], steps
+    # the old instance ran on through the failed reload, to the end, nothing missing
+    alpha = [e["netagent"]["n"] for e in agent.events()
+             if e["event"]["dataset"] == "netagent.alpha" and e["netagent"]["k"] == 0]
+    assert alpha == list(range(1, agent.detached("alpha", 0) + 1))
