@@ -287,3 +287,35 @@ def test_probe_dns_pod_uses_the_pods_own_resolv_conf(node):
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     finally:
         node.run(node_pod_script(), "delete", "shop/dns-0", check=False)
+
+
+@pytest.mark.timeout(300)
+def test_pod_option_on_check_probe_mtu_and_trace_conntrack(node):
+    pod = node.create_pod("web/front-0")
+    peer = node.create_pod("web/back-0")
+    inode = netns_inode(pod)
+    env = dict(os.environ, NETAGENT_RUNTIME_SOCKET=node.socket, NODE_NAME="lab-node")
+    try:
+        r = netagent("check", "--pod", "web/front-0", "--window", "300ms", "-o", "json", env=env)
+        assert r.returncode in (0, 1), r.stderr
+        summary = [json.loads(ln) for ln in r.stdout.splitlines()][-1]
+        assert summary["netagent"]["check"]["netns"] == [{"name": "pod web/front-0", "inode": inode}]
+
+        r = netagent("probe", "mtu", "--pod", "web/front-0", peer["ip"], "--timeout", "300ms", "-o", "json", env=env)
+        assert r.returncode == 0, r.stderr
+        event = json.loads(r.stdout.splitlines()[-1])
+        assert event["netagent"]["mtu"]["netns_inode"] == inode
+        assert event["kubernetes"]["pod"]["name"] == "front-0"
+        assert event["netagent"]["kubernetes"]["destination"] == {"namespace": "web", "pod": "back-0"}
+
+        r = netagent("trace", "conntrack", "--pod", "web/front-0", "--interval", "500ms", "--duration", "2",
+                     "--per-packet", "off", "-o", "json", env=env)
+        assert r.returncode == 0, r.stderr
+        counters = [json.loads(ln) for ln in r.stdout.splitlines()]
+        counters = [e for e in counters if e["event"]["action"] == "counters"]
+        assert counters and all(e["netagent"]["conntrack"]["netns"] == inode for e in counters)
+        assert all(e["kubernetes"]["pod"]["name"] == "front-0" for e in counters)
+        assert all(e["netagent"]["conntrack"]["netns_name"] == "pod web/front-0" for e in counters)
+    finally:
+        for ref in ("web/front-0", "web/back-0"):
+            node.run(node_pod_script(), "delete", ref, check=False)
