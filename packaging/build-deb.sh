@@ -32,7 +32,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/netagent-deb.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 ROOT=$WORK/root
 LIB=$ROOT/usr/lib/netagent
-mkdir -p "$LIB/python" "$ROOT/usr/bin" "$ROOT/lib/systemd/system" "$ROOT/etc/netagent" \
+mkdir -p "$LIB/python" "$ROOT/usr/bin" "$ROOT/lib/systemd/system" "$ROOT/etc/netagent" "$ROOT/etc/logrotate.d" \
          "$ROOT/var/lib/netagent/spool" "$ROOT/var/log/netagent" "$ROOT/usr/share/doc/netagent" "$ROOT/DEBIAN"
 
 say "bundling netagent $VERSION and its dependencies (pip --target)"
@@ -52,6 +52,7 @@ fi
 install -m 0755 packaging/debian/launcher "$ROOT/usr/bin/netagent"
 install -m 0644 systemd/netagent.service "$ROOT/lib/systemd/system/netagent.service"
 install -m 0640 systemd/netagent.toml "$ROOT/etc/netagent/netagent.toml"
+install -m 0644 packaging/debian/logrotate "$ROOT/etc/logrotate.d/netagent"
 install -m 0644 packaging/debian/copyright "$ROOT/usr/share/doc/netagent/copyright"
 for doc in README.md docs/*.md; do
   [[ -f $doc ]] && install -m 0644 "$doc" "$ROOT/usr/share/doc/netagent/$(basename "$doc")"

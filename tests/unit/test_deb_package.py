@@ -45,7 +45,7 @@ def test_metadata(deb):
     control = root / "DEBIAN"
     subprocess.run(["dpkg-deb", "-e", path, str(control)], check=True)
     # the configuration survives upgrades: dpkg treats it as a conffile
-    assert (control / "conffiles").read_text().split() == ["/etc/netagent/netagent.toml"]
+    assert (control / "conffiles").read_text().split() == ["/etc/netagent/netagent.toml", "/etc/logrotate.d/netagent"]
     for script in ("postinst", "prerm", "postrm"):
         assert os.access(control / script, os.X_OK)
         assert subprocess.run(["sh", "-n", str(control / script)]).returncode == 0
@@ -107,14 +107,15 @@ def test_packaged_tree_runs_and_its_config_is_valid(deb):
     assert r.returncode == 0 and r.stdout.startswith(str(root)), r.stderr  # the bundled copy, not the venv's
 
 
-def test_unit_is_hardened_with_exposure_at_most_3_5():
+def test_unit_is_hardened_with_exposure_at_most_2_5():
     if not shutil.which("systemd-analyze"):
         pytest.fail("systemd-analyze missing (package systemd, installed by make setup)")
     r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", UNIT], capture_output=True,
                        text=True, timeout=60)
     m = re.search(r"Overall exposure level for netagent.service: (\d+\.\d+)", r.stdout)
     assert m, r.stdout + r.stderr
-    assert float(m.group(1)) <= 3.5, r.stdout
+    # the same score live on a Debian 12 node with every sensor on: tests/node/
+    assert float(m.group(1)) <= 2.5, r.stdout
 
 
 def test_unit_semantics():
