@@ -16,6 +16,7 @@ import pytest
 
 from fake_cri import FakeCriServer, FakePod
 from lab import Namespace
+from pod_agent import Sandbox, wait_for
 
 from netagent.enrich.cri import CriClient
 from netagent.enrich.pods import CriSource, PodIndex
@@ -25,32 +26,14 @@ from netagent.events import new_event
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
 
-def wait_for(cond, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class PodProcess:
-    """A sandbox stand-in: a sleeping process inside a fresh namespace."""
+class PodProcess(Sandbox):
+    """A sandbox stand-in in a fresh namespace of its own."""
 
     def __init__(self):
-        self.ns = Namespace()
-        self.proc = self.ns.popen("sleep", "600")
-        # `ip netns exec` execs sleep in the namespace: wait until the pid's netns is the new one
-        wait_for(lambda: os.stat(f"/proc/{self.proc.pid}/ns/net").st_ino == self.ns.inode, what="sleep in netns")
-
-    @property
-    def pid(self):
-        return self.proc.pid
+        super().__init__(Namespace())
 
     def close(self):
-        self.proc.kill()
-        self.proc.wait()
+        self.kill()
         self.ns.delete()
 
 

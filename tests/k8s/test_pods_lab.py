@@ -10,41 +10,16 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
-import orjson
 import pytest
 
-from k8s_lab import LabNode
-from netagent import registry
+from k8s_lab import POD, LabNode
+from pod_agent import (
+    NETAGENT, SENDER, no_socket_drops, read_events, start_agent, stop_agent, total, udp_no_ports, wait_for,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (containerd, BPF)")]
-
-NETAGENT = os.path.join(sys.prefix, "bin", "netagent")
-SENDER = r"""
-import socket, sys
-dst, dport, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sent = 0
-while sent < count:
-    try:
-        s.sendto(b"x" * 64, (dst, dport))
-        sent += 1
-    except OSError:
-        pass  # an ICMP error reported on this unconnected socket: send again
-print(sent)
-"""
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def in_pod(pod: dict, *argv, check=True):
@@ -57,16 +32,7 @@ def send(pod: dict, dst: str, port: int, count: int) -> None:
 
 
 def no_ports(pod: dict) -> int:
-    lines = [ln.split() for ln in in_pod(pod, "cat", "/proc/net/snmp").stdout.splitlines() if ln.startswith("Udp:")]
-    return int(lines[1][lines[0].index("NoPorts")])
-
-
-def read_events(path):
-    try:
-        with open(path, "rb") as f:
-            return [orjson.loads(line) for line in f if line.endswith(b"\n")]
-    except FileNotFoundError:
-        return []
+    return udp_no_ports(in_pod(pod, "cat", "/proc/net/snmp").stdout)
 
 
 def netns_inode(pod: dict) -> int:
@@ -81,48 +47,6 @@ def node():
     lab.down()
 
 
-def start_agent(tmp_path, socket: str, refresh: float = 1.0, grace: float = 30.0):
-    others = "".join(f"[sensors.{m.section}]\nenabled = false\n" for m in registry.load_modules()
-                     if m.loaded and m.section != "drops")
-    events_path = tmp_path / "events.json"
-    config = tmp_path / "agent.toml"
-    config.write_text(textwrap.dedent(f"""
-        [agent]
-        heartbeat = "1s"
-        [sensors.drops]
-        interval = "500ms"
-        [kubernetes]
-        runtime_socket = "{socket}"
-        refresh = "{refresh}s"
-        grace = "{grace}s"
-        node_name = "lab-node"
-        [[sinks]]
-        type = "file"
-        path = "{events_path}"
-        """) + others)
-    stderr = open(tmp_path / "agent.stderr", "w+")
-    agent = subprocess.Popen([NETAGENT, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
-    wait_for(lambda: any(e["event"]["action"] == "agent-started" for e in read_events(events_path))
-             or agent.poll() is not None, 120, "agent-started")
-    assert agent.poll() is None, (tmp_path / "agent.stderr").read_text()
-    return agent, events_path
-
-
-def stop_agent(agent):
-    if agent.poll() is None:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(60)
-
-
-def no_socket_drops(events, inode):
-    return [e for e in events if e["event"]["dataset"] == "netagent.drops" and e["event"]["reason"] == "NO_SOCKET"
-            and e["netagent"]["drop"]["netns"] == inode]
-
-
-def total(events):
-    return sum(e["netagent"]["drop"]["count"] for e in events)
-
-
 @pytest.mark.timeout(300)
 def test_real_containerd_pods_counted_exactly_host_network_flagged_new_and_deleted_named(node, tmp_path):
     api = node.create_pod("shop/api-0", labels={"app": "api"})
@@ -130,7 +54,8 @@ def test_real_containerd_pods_counted_exactly_host_network_flagged_new_and_delet
     db_inode, api_inode = netns_inode(db), netns_inode(api)
     hostnet = node.create_pod("kube-system/hostnet-0", host_network=True)
     late_name = "shop/late-0"
-    agent, events_path = start_agent(tmp_path, node.socket, refresh=1.0)
+    agent, events_path = start_agent(tmp_path, {"runtime_socket": node.socket, "refresh": "1s",
+                                                "node_name": "lab-node"})
     try:
         before = {"api": no_ports(api), "db": no_ports(db)}
         send(api, db["ip"], 9, 300)  # dropped in db-0's namespace
@@ -152,7 +77,7 @@ def test_real_containerd_pods_counted_exactly_host_network_flagged_new_and_delet
     finally:
         stop_agent(agent)
         for ref in ("shop/api-0", late_name, "kube-system/hostnet-0"):
-            node.run(node_pod_script(), "delete", ref, check=False)
+            node.run(POD, "delete", ref, check=False)
     events = read_events(events_path)
     # the kernel reuses a freed namespace's inode: late-0 may get deleted db-0's, so each
     # pod's drops are told apart by their sender as well (db-0's came from api-0's address)
@@ -180,16 +105,12 @@ def test_real_containerd_pods_counted_exactly_host_network_flagged_new_and_delet
     assert "runtime_unavailable" not in failed, failed
 
 
-def node_pod_script():
-    from k8s_lab import POD
-    return POD
-
-
 @pytest.mark.timeout(300)
 def test_containerd_killed_events_flow_unnamed_and_counted_then_attribution_returns(node, tmp_path):
     pod = node.create_pod("shop/victim-0")
     inode = netns_inode(pod)
-    agent, events_path = start_agent(tmp_path, node.socket, refresh=0.5, grace=1.0)
+    agent, events_path = start_agent(tmp_path, {"runtime_socket": node.socket, "refresh": "500ms", "grace": "1s",
+                                                "node_name": "lab-node"})
     try:
         send(pod, "127.0.0.1", 9, 10)
         wait_for(lambda: total(no_socket_drops(read_events(events_path), inode)) >= 10, 30, "first drops")
@@ -215,7 +136,7 @@ def test_containerd_killed_events_flow_unnamed_and_counted_then_attribution_retu
         assert total(back) == 15 and all(e["kubernetes"]["pod"]["name"] == "victim-0" for e in back)
     finally:
         stop_agent(agent)
-        node.run(node_pod_script(), "delete", "shop/victim-0", check=False)
+        node.run(POD, "delete", "shop/victim-0", check=False)
 
 
 def netagent(*args, env):
@@ -259,7 +180,7 @@ def test_pod_option_selects_exactly_that_pod(node):
         assert len(r.stderr.strip().splitlines()) == 1
     finally:
         for ref in ("team/a-0", "team/b-0"):
-            node.run(node_pod_script(), "delete", ref, check=False)
+            node.run(POD, "delete", ref, check=False)
 
 
 @pytest.mark.timeout(180)
@@ -286,7 +207,7 @@ def test_probe_dns_pod_uses_the_pods_own_resolv_conf(node):
         r = netagent("probe", "dns", "--pod", "shop/dns-0", "--netns", "x", "web", env=env)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     finally:
-        node.run(node_pod_script(), "delete", "shop/dns-0", check=False)
+        node.run(POD, "delete", "shop/dns-0", check=False)
 
 
 @pytest.mark.timeout(300)
@@ -318,4 +239,4 @@ def test_pod_option_on_check_probe_mtu_and_trace_conntrack(node):
         assert all(e["netagent"]["conntrack"]["netns_name"] == "pod web/front-0" for e in counters)
     finally:
         for ref in ("web/front-0", "web/back-0"):
-            node.run(node_pod_script(), "delete", ref, check=False)
+            node.run(POD, "delete", ref, check=False)
