@@ -3,7 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench soak deb clean cri-proto
+.PHONY: setup run test bench soak deb image clean cri-proto
 
 setup:
 	@bash packaging/setup-node.sh
@@ -24,6 +24,11 @@ soak: setup
 
 deb: setup
 	bash packaging/build-deb.sh
+
+# OCI image localhost/netagent:VERSION from a debootstrap root + the .deb; no base
+# image pulled (packaging/image/build-image.sh, docs/kubernetes.md)
+image: setup
+	bash packaging/image/build-image.sh
 
 # agent/enrich/cri_pb2.py is generated from cri.proto and committed (grpcio-tools is a test extra)
 cri-proto: setup
