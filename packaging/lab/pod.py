@@ -15,11 +15,11 @@ such pod, 77 not root.
 """
 
 import argparse
+import json
 import os
 import re
 import sys
 import uuid
-import json
 
 import layout
 
