@@ -39,6 +39,7 @@ class PodInfo:
     ips: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     containers: list[tuple[str, str]] = field(default_factory=list)  # (id, name)
+    netns_file: str | None = None  # the runtime's bind mount of the namespace (/var/run/netns/cni-...)
 
     @property
     def key(self) -> str:
@@ -46,6 +47,10 @@ class PodInfo:
 
     @property
     def netns_path(self) -> str | None:
+        """A file to open the namespace by: the runtime's own bind mount needs no access to the
+        sandbox process (a pause running as another user is hidden by ProtectProc=invisible)."""
+        if self.netns_file:
+            return self.netns_file
         return f"{PROC_ROOT}/{self.pid}/ns/net" if self.pid else None
 
 
@@ -61,30 +66,42 @@ def detect_socket(configured: str = "") -> str | None:
     return None
 
 
+def _verbose_info(info: dict[str, str]) -> dict:
+    raw = info.get("info")
+    try:
+        doc = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def sandbox_pid(info: dict[str, str]) -> int | None:
     """The sandbox's pid from PodSandboxStatus(verbose)'s info map.
 
     containerd and CRI-O put a JSON document under "info" with a top-level
     "pid"; both keep the OCI runtime spec there too.
     """
-    raw = info.get("info")
-    if not raw:
-        return None
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    pid = doc.get("pid") if isinstance(doc, dict) else None
+    pid = _verbose_info(info).get("pid")
     return pid if isinstance(pid, int) and pid > 0 else None
 
 
-def netns_inode(pid: int | None) -> int | None:
-    if not pid:
-        return None
-    try:
-        return os.stat(f"{PROC_ROOT}/{pid}/ns/net").st_ino
-    except OSError:  # the sandbox exited between the listing and now
-        return None
+def sandbox_netns_file(info: dict[str, str]) -> str | None:
+    """The network namespace's path in the sandbox's OCI spec (runtimeSpec.linux.namespaces)."""
+    spec = _verbose_info(info).get("runtimeSpec") or {}
+    for ns in ((spec.get("linux") or {}).get("namespaces") or []):
+        if isinstance(ns, dict) and ns.get("type") == "network" and ns.get("path"):
+            return ns["path"]
+    return None
+
+
+def netns_inode(pid: int | None, netns_file: str | None = None) -> int | None:
+    """The namespace's inode: from the runtime's bind mount if it gave one, else from the sandbox's /proc."""
+    for path in ([netns_file] if netns_file else []) + ([f"{PROC_ROOT}/{pid}/ns/net"] if pid else []):
+        try:
+            return os.stat(path).st_ino
+        except OSError:  # the sandbox went away between the listing and now, or we may not look
+            continue
+    return None
 
 
 class CriClient:
@@ -149,11 +166,13 @@ class CriClient:
                 continue  # removed between the listing and its status: gone anyway
             st = status.status
             ips = [ip for ip in [st.network.ip] + [a.ip for a in st.network.additional_ips] if ip]
-            pid = sandbox_pid(dict(status.info))
+            info = dict(status.info)
+            pid = sandbox_pid(info)
+            host_network = st.linux.namespaces.options.network == pb.NODE
+            netns_file = None if host_network else sandbox_netns_file(info)
             pods.append(PodInfo(
                 sandbox_id=sb.id, namespace=sb.metadata.namespace, name=sb.metadata.name, uid=sb.metadata.uid,
-                pid=pid, netns_inode=netns_inode(pid),
-                host_network=st.linux.namespaces.options.network == pb.NODE,
+                pid=pid, netns_inode=netns_inode(pid, netns_file), host_network=host_network, netns_file=netns_file,
                 ips=ips, labels=dict(sb.labels), containers=sorted(containers.get(sb.id, []), key=lambda c: c[1]),
             ))
         return pods

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from netagent.enrich import cri
-from netagent.enrich.cri import PodInfo, sandbox_pid
+from netagent.enrich.cri import PodInfo, sandbox_netns_file, sandbox_pid
 from netagent.enrich.processors import Processor
 from netagent.enrich.stage import Enricher
 from netagent.events import new_event
@@ -60,6 +60,16 @@ def test_sandbox_pid_from_containerd_verbose_info():
     assert sandbox_pid({"info": '{"pid": 0}'}) is None
     assert sandbox_pid({"info": "not json"}) is None
     assert sandbox_pid({}) is None
+
+
+def test_sandbox_netns_file_from_the_oci_spec_in_verbose_info():
+    info = {"info": '{"pid": 7, "runtimeSpec": {"linux": {"namespaces": [{"type": "pid"}, '
+                    '{"type": "network", "path": "/var/run/netns/cni-1"}]}}}'}
+    assert sandbox_netns_file(info) == "/var/run/netns/cni-1"
+    assert sandbox_netns_file({"info": '{"pid": 7}'}) is None
+    pod = PodInfo("sb", "a", "b", "u", pid=7, netns_file="/var/run/netns/cni-1")
+    assert pod.netns_path == "/var/run/netns/cni-1"  # opened without access to the sandbox process
+    assert PodInfo("sb", "a", "b", "u", pid=7).netns_path.endswith("/7/ns/net")
 
 
 def test_pod_event_fields_and_the_pod_column():
