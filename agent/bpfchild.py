@@ -100,6 +100,12 @@ def load(spec: ProgramSpec) -> LoadedProgram:
 
 
 def _load_in_child(spec: ProgramSpec) -> tuple[LoadedProgram, dict | None]:
+    import importlib.util
+
+    from netagent.errors import BccMissing
+
+    if importlib.util.find_spec("bcc") is None:  # looked up, not imported: no LLVM here
+        raise BccMissing("no module named 'bcc'")
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         proc = subprocess.Popen(
@@ -332,8 +338,12 @@ class BytecodeCache:
     """Files under NETAGENT_CACHE_DIR (default /var/cache/netagent/bpf); no cache where that is not writable."""
 
     def __init__(self, directory: str | None = None):
-        self.directory = directory or os.path.join(os.environ.get("NETAGENT_CACHE_DIR", "/var/cache/netagent"), "bpf")
+        self._directory = directory
         self.hits = self.misses = 0
+
+    @property
+    def directory(self) -> str:
+        return self._directory or os.path.join(os.environ.get("NETAGENT_CACHE_DIR", "/var/cache/netagent"), "bpf")
 
     def key(self, spec: ProgramSpec) -> str:
         import hashlib

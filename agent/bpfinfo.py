@@ -3,7 +3,7 @@
 import os
 from dataclasses import dataclass
 
-from netagent import bpfsys
+from netagent import bpfsys, btfcache
 from netagent.btf import BtfError, kernel_btf
 
 
@@ -14,15 +14,18 @@ def _prog_info_layout() -> dict[str, int] | None:
     """Read once: sensors ask every poll, and the daemon drops its parsed BTF after start-up."""
     global _layout
     if _layout is None:
-        try:
+        def compute():
             btf = kernel_btf()
             layout = {"size": btf.size(btf.struct_id("bpf_prog_info"))}
             for field in ("id", "name", "run_time_ns", "run_cnt", "recursion_misses"):
                 if btf.has_member("bpf_prog_info", field):
                     layout[field] = btf.member_offset("bpf_prog_info", field)
+            return layout
+
+        try:
+            _layout = btfcache.fact("bpf_prog_info", compute)
         except BtfError:
             return None
-        _layout = layout
     return _layout
 
 

@@ -23,6 +23,7 @@ from netagent import bpfchild, bpfsys
 from netagent.bccloader import compile_program
 from netagent.bpfinfo import prog_recursion_misses
 from netagent import btf as btf_mod
+from netagent import btfcache
 from netagent.btf import BtfError, kernel_btf
 from netagent.configschema import one_of
 from netagent.errors import ProbeUnavailable, UsageError
@@ -132,9 +133,12 @@ def reason_names(fmt: TracepointFormat | None) -> tuple[dict[int, str], str]:
 
 
 def struct_offsets() -> tuple[dict[str, int], str]:
-    """Macro -> byte offset for every field the program reads, from BTF."""
-    btf = kernel_btf()
-    return {macro: btf.member_offset(s, m) for macro, (s, m) in BTF_FIELDS.items()}, "BTF"
+    """Macro -> byte offset for every field the program reads, from BTF (remembered per kernel)."""
+    def compute():
+        btf = kernel_btf()
+        return {macro: btf.member_offset(s, m) for macro, (s, m) in BTF_FIELDS.items()}
+
+    return btfcache.fact("drops.struct_offsets", compute), "BTF"
 
 
 def raw_tracepoint_positions() -> dict[str, int] | None:
@@ -144,7 +148,7 @@ def raw_tracepoint_positions() -> dict[str, int] | None:
     classic tracepoint, whose record layout tracefs describes, is used).
     """
     try:
-        args = kernel_btf().raw_tracepoint_args(TRACEPOINT[1])
+        args = btfcache.fact("drops.raw_tracepoint_args", lambda: kernel_btf().raw_tracepoint_args(TRACEPOINT[1]))
     except BtfError:
         return None
     if "struct sk_buff *" not in args or "void *" not in args:
@@ -316,7 +320,7 @@ class DropSensor(Sensor):
         if not fmt.has_field("reason"):
             details["caveat"] = "tracepoint has no reason field (kernel < 5.17): reasons reported as UNKNOWN"
         try:
-            kernel_btf()
+            struct_offsets()
             details["offsets"] = "BTF"
         except BtfError:
             details["offsets"] = "kernel headers (no BTF)"
@@ -467,7 +471,8 @@ class DropSensor(Sensor):
     @staticmethod
     def _tp_btf_id() -> int:
         try:
-            return kernel_btf().find(f"btf_trace_{TRACEPOINT[1]}", btf_mod.TYPEDEF)
+            return btfcache.fact("drops.tp_btf_id",
+                                 lambda: kernel_btf().find(f"btf_trace_{TRACEPOINT[1]}", btf_mod.TYPEDEF))
         except BtfError as exc:
             raise ProbeUnavailable(f"attach path tp_btf: {exc}") from None
 
@@ -541,7 +546,8 @@ class DropSensor(Sensor):
         else:
             prelude += "struct netagent_kfree_skb_args { u64 skbaddr; u64 location; u32 reason; };\n"
             macros["HAVE_REASON"] = 0
-        target = kprobe_target(self._symbolizer)
+        # Only where kprobes exist: finding the target reads kallsyms and BTF (a second or more).
+        target = kprobe_target(self._symbolizer) if kprobes_available() else None
         macros["KPROBE_SKB_ARG"] = target[1] if target else 1
         if self._raw_positions:
             macros.update(self._raw_positions)

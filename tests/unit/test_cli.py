@@ -40,9 +40,10 @@ def test_bad_option_values_exit_2_with_one_line_naming_the_choices(args, needle,
     assert out == ""
 
 
-def test_missing_bcc_says_how_to_install_it(monkeypatch, capsys):
+def test_missing_bcc_says_how_to_install_it(monkeypatch, capsys, tmp_path):
     # An entry of None in sys.modules makes `import bcc` raise ImportError.
     monkeypatch.setitem(sys.modules, "bcc", None)
+    monkeypatch.setenv("NETAGENT_CACHE_DIR", str(tmp_path))  # nothing compiled before: BCC is needed
     from netagent import privileges
 
     monkeypatch.setattr(privileges, "missing_for_bpf", lambda: [])
