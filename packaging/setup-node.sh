@@ -19,7 +19,7 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # prometheus: a real scraper in tests; dpkg-dev/fakeroot: `make deb`;
 # debootstrap: installing the .deb into a clean Debian root in tests;
 # containerd + containernetworking-plugins + gcc/libc6-dev (a static pause
-# binary): the Kubernetes lab node (packaging/lab); podman + buildah: `make image`.
+# binary): the Kubernetes lab node (packaging/lab); podman: `make image`.
 # bpftrace: the reference counter the drop benchmark measures itself against.
 # qemu-system-x86 + busybox-static + zstd: the VM lab (packaging/vm/run).
 PACKAGES=(
@@ -28,7 +28,7 @@ PACKAGES=(
   iputils-ping iputils-tracepath dnsmasq-base bind9-dnsutils
   rsyslog rsyslog-gnutls gnutls-bin openssl prometheus
   dpkg-dev fakeroot systemd procps debootstrap
-  containerd containernetworking-plugins gcc libc6-dev podman buildah bpftrace
+  containerd containernetworking-plugins gcc libc6-dev podman bpftrace
   qemu-system-x86 busybox-static zstd
 )
 missing=()
