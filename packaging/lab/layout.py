@@ -9,6 +9,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import sys
 
 LAB_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -17,8 +18,15 @@ LAB_DIR = os.path.dirname(os.path.abspath(__file__))
 # a name, and its directories, socket, bridge and subnet follow from it.
 DEFAULT_NAME = "netagent-lab"
 NAME = os.environ.get("NETAGENT_LAB_NAME", DEFAULT_NAME)
+
+
+def _bad_setting(message: str):
+    print(f"lab: {message}", file=sys.stderr)
+    sys.exit(2)  # usage
+
+
 if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", NAME):
-    raise SystemExit(f"NETAGENT_LAB_NAME={NAME!r}: use 1-32 of a-z 0-9 -")
+    _bad_setting(f"NETAGENT_LAB_NAME={NAME!r}: use 1-32 of a-z 0-9 -")
 
 RUN_DIR = f"/run/{NAME}"               # sockets, state, CNI config (gone at reboot)
 LIB_DIR = f"/var/lib/{NAME}"           # containerd's content store and snapshots
@@ -44,7 +52,7 @@ SUBNET = os.environ.get("NETAGENT_LAB_SUBNET", "10.244.77.0/24")
 try:
     _net = ipaddress.IPv4Network(SUBNET)
 except ValueError as exc:
-    raise SystemExit(f"NETAGENT_LAB_SUBNET={SUBNET!r}: {exc}")
+    _bad_setting(f"NETAGENT_LAB_SUBNET={SUBNET!r}: {exc}")
 GATEWAY = str(_net.network_address + 1)
 GATEWAY_CIDR = f"{GATEWAY}/{_net.prefixlen}"
 CLUSTER_DOMAIN = "cluster.local"

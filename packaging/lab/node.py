@@ -246,16 +246,19 @@ def log_tail() -> str:
 def up() -> dict:
     check_requirements()
     if read_pid() is None:
-        write_files()
+        # a node half made is no node: undo it all when any step fails
         try:
+            write_files()
             start_containerd()
-        except LabError:
+            ensure_pause_image()
+        except (LabError, OSError, subprocess.CalledProcessError) as exc:
             down()
-            raise
+            raise LabError(str(exc)) from None
     elif not answers(timeout=15.0):
         raise LabError(f"the lab's containerd (pid {read_pid()}) does not answer on {layout.SOCKET}; "
                        "run packaging/lab/node down")
-    ensure_pause_image()
+    else:
+        ensure_pause_image()
     return describe()
 
 

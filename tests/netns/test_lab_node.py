@@ -162,3 +162,11 @@ def test_usage_errors_exit_2(argv):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("env", [{"NETAGENT_LAB_NAME": "Bad Name"}, {"NETAGENT_LAB_SUBNET": "10.1.2.3/24"},
+                                 {"NETAGENT_LAB_SUBNET": "nonsense"}])
+def test_bad_lab_settings_exit_2(env):
+    done = subprocess.run([NODE, "up"], capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "NETAGENT_LAB_" in done.stderr
