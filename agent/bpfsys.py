@@ -46,7 +46,7 @@ MAP_CREATE = 0
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY, PROG_LOAD = 1, 2, 3, 4, 5
 PROG_GET_NEXT_ID, PROG_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD = 11, 13, 15
 RAW_TRACEPOINT_OPEN = 17
-MAP_LOOKUP_AND_DELETE_BATCH = 25
+MAP_LOOKUP_BATCH, MAP_LOOKUP_AND_DELETE_BATCH = 24, 25
 # enum bpf_prog_type / bpf_attach_type values used here
 PROG_TYPE_RAW_TRACEPOINT = 17
 PROG_TYPE_TRACING = 26
@@ -247,7 +247,17 @@ class RawMap:
             self.delete(key)
         return items
 
-    def _drain_batch(self) -> list[tuple[bytes, bytes]]:
+    def read_all(self) -> list[tuple[bytes, bytes]]:
+        """Every (key, value), left in place: one BPF_MAP_LOOKUP_BATCH call (an
+        array map's whole content); element by element where batches are refused."""
+        try:
+            return self._drain_batch(MAP_LOOKUP_BATCH)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, 524):
+                raise
+        return [(k, v) for k in self.keys() if (v := self.lookup(k)) is not None]
+
+    def _drain_batch(self, cmd: int = MAP_LOOKUP_AND_DELETE_BATCH) -> list[tuple[bytes, bytes]]:
         n = max(self.max_entries, 1)
         keys = ctypes.create_string_buffer(n * self.key_size)
         values = ctypes.create_string_buffer(n * self.value_bytes)
@@ -259,7 +269,7 @@ class RawMap:
                               keys=ctypes.addressof(keys), values=ctypes.addressof(values), count=n, map_fd=self.fd)
             done = False
             try:
-                bpf(MAP_LOOKUP_AND_DELETE_BATCH, attr)
+                bpf(cmd, attr)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise

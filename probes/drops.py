@@ -617,10 +617,8 @@ class DropSensor(Sensor):
                 merge_into(flows, key, FlowVal.from_buffer_copy(copy))
         key_size = ctypes.sizeof(FlowKey)
         zeros = bytes(old_cache.value_bytes)
-        for idx in range(old_cache.max_entries):
-            index = idx.to_bytes(4, "little")
-            value = old_cache.lookup(index)
-            if value is None or not any(value):
+        for index, value in old_cache.read_all():  # one call for all slots; only used ones are cleared
+            if not any(value):
                 continue
             for copy in old_cache.per_cpu_values(value):
                 val = FlowVal.from_buffer_copy(copy, key_size)
