@@ -27,6 +27,9 @@ def main() -> int:
         print(f"== {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.monotonic() - t0:.1f}s", flush=True)
         if rc != 0:
             failed.append(name)
+    # The figure the README embeds, from the results just written.
+    if subprocess.call([sys.executable, os.path.join(HERE, "plot.py")], cwd=os.path.dirname(HERE)) != 0:
+        failed.append("plot.py")
     if failed:
         print(f"run_all: failed: {', '.join(failed)}", file=sys.stderr)
         return 1

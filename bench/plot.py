@@ -1,0 +1,72 @@
+"""bench/results/performance.png from the last benchmark results (run by `make bench` after them).
+
+Left: kernel ns per drop by attach path against bpftrace, median with the
+min-max range of the rounds (drop_cost.json). Right: packets per second of
+each round with and without `netagent run`, in the order they ran
+(drops.json).
+"""
+
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+OUT = os.path.join(RESULTS, "performance.png")
+
+
+def load(name: str) -> dict | None:
+    try:
+        with open(os.path.join(RESULTS, f"{name}.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def main() -> int:
+    cost, rate = load("drop_cost"), load("drops")
+    if cost is None and rate is None:
+        print("plot: no drop_cost.json or drops.json to plot", file=sys.stderr)
+        return 1
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if cost:
+        names = list(cost["ns_per_drop"])
+        med = [cost["ns_per_drop"][n]["median"] for n in names]
+        lo = [m - cost["ns_per_drop"][n]["min"] for n, m in zip(names, med)]
+        hi = [cost["ns_per_drop"][n]["max"] - m for n, m in zip(names, med)]
+        colors = ["#888888" if n == "bpftrace" else "#2b7bba" for n in names]
+        left.bar(range(len(names)), med, yerr=[lo, hi], capsize=4, color=colors)
+        left.set_xticks(range(len(names)), [n.replace("netagent ", "netagent\n") for n in names])
+        left.set_ylabel("ns per drop (run_time_ns / run_cnt)")
+        left.set_title(f"Kernel cost per drop, {cost['rounds']} rounds (median, min-max)")
+        ref = cost["ns_per_drop"].get("bpftrace", {}).get("median")
+        if ref:
+            left.axhline(0.8 * ref, color="#c0392b", linestyle="--", linewidth=1, label="0.8 x bpftrace (target)")
+            left.legend(loc="upper left")
+    if rate:
+        t0 = min(r["t"] for r in rate["rounds_without"] + rate["rounds_with"])
+        for key, label, color in (("rounds_without", "without agent", "#888888"),
+                                  ("rounds_with", "with netagent run", "#2b7bba")):
+            rounds = rate[key]
+            right.plot([r["t"] - t0 for r in rounds], [r["pps"] / 1000 for r in rounds], "o-", label=label,
+                       color=color)
+        ratio = rate["rate_ratio_with_over_without"]
+        right.set_title(f"UDP flood rate per round; with/without median {ratio['median']:.3f} "
+                        f"({ratio['min']:.2f}-{ratio['max']:.2f})")
+        right.set_xlabel("seconds into the benchmark")
+        right.set_ylabel("thousand packets per second")
+        right.legend(loc="lower left")
+    fig.suptitle(f"netagent, kernel {(cost or rate)['kernel']}, {(cost or rate)['cpus']} CPUs, "
+                 f"{(cost or rate)['written_at']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(OUT, dpi=110)
+    print(f"plot: wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
