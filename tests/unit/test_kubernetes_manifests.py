@@ -152,7 +152,7 @@ def test_configmap_is_a_valid_config_at_the_path_run_reads(ds_docs, pod_spec, co
 
 def test_resources_node_name_and_image(container):
     res = container["resources"]
-    assert res["requests"]["memory"] == "130Mi" and res["limits"]["memory"] == "256Mi"
+    assert res["requests"]["memory"] == "100Mi" and res["limits"]["memory"] == "320Mi"
     env = {e["name"]: e for e in container["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert container["args"][0] == "run"
