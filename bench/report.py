@@ -1,0 +1,84 @@
+"""bench/results/performance.md: the README's performance table, from the last results.
+
+The README quotes this file's figures only (copy the table after `make bench`).
+"""
+
+import json
+import os
+import sys
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def load(name):
+    try:
+        with open(os.path.join(RESULTS, f"{name}.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def mmm(s, fmt="{:.0f}", scale=1.0) -> str:
+    return f"{fmt.format(s['median'] * scale)} ({fmt.format(s['min'] * scale)}–{fmt.format(s['max'] * scale)})"
+
+
+def yes(flag) -> str:
+    return "met" if flag else "**not met**"
+
+
+def main() -> int:
+    rows = []
+    cost, rate, storm, daemon = load("drop_cost"), load("drops"), load("storm"), load("daemon")
+    if cost:
+        ref = cost["ns_per_drop"]["bpftrace"]
+        for name, s in cost["ns_per_drop"].items():
+            if name == "bpftrace":
+                continue
+            ratio = cost["ratio_to_bpftrace"][name]
+            target = "≤ 0.8× bpftrace" if name == cost["target"]["default_path"] else "(fallback path)"
+            met = yes(ratio["median"] <= 0.8) if "fallback" not in target else ""
+            rows.append((f"kernel ns per drop, {name} (bpftrace: {mmm(ref)})",
+                         f"{mmm(s)} ns = {mmm(ratio, '{:.2f}')}× bpftrace; exact every round: "
+                         f"{cost['exact_all_rounds'][name]}", f"{target} {met}".strip()))
+    if rate:
+        r = rate["rate_ratio_with_over_without"]
+        rows.append(("packet rate with `netagent run` / without", f"{mmm(r, '{:.3f}')}; counts exact every round: "
+                     f"{rate['exact_all_rounds']}", f"≥ 0.97 {yes(r['median'] >= 0.97)}"))
+    if storm:
+        f, c = storm["storms"]["flows"], storm["storms"]["cpu"]
+        rows.append((f"flow storm, {f['distinct_flows']} flows in {f['namespaces']} namespaces, IPv4+IPv6",
+                     f"{mmm(f['drops_per_s_with'])} drops/s; none uncounted: {f['none_uncounted_all_rounds']}, "
+                     f"none double: {f['none_double_counted_all_rounds']}", "exact or overflow counted "
+                     + yes(f["none_uncounted_all_rounds"] and f["none_double_counted_all_rounds"])))
+        rows.append((f"sensor poll CPU, {c['distinct_flows']} flows", f"{mmm(c['agent_poll_cpu_fraction_of_core'], '{:.1f}', 100)} % "
+                     f"of a core at {mmm(c['drops_per_s_with'])} drops/s",
+                     f"≤ 5 % at 200k drops/s {yes(c['agent_poll_cpu_fraction_of_core']['median'] <= 0.05)}"))
+    if daemon:
+        t = daemon["targets_met"]
+        rows.append(("start to attached, warm cache", f"{mmm(daemon['start_seconds_warm_cache'], '{:.2f}')} s "
+                     f"(starting `netagent --version`: {mmm(daemon['start_seconds_floor_netagent_version'], '{:.2f}')} s; "
+                     f"cold cache: {daemon['start_seconds_cold_cache']} s)", f"≤ 1.5 s {yes(t['start'])}"))
+        rows.append(("RSS steady, default sensors", f"{mmm(daemon['rss_mb_steady'], '{:.1f}')} MB "
+                     f"(compile child peak {daemon['compile_child_peak_rss_mb']} MB, cold start only)",
+                     f"≤ 100 MB {yes(t['rss'])}"))
+        rows.append((f"RSS growth over a {daemon['soak_seconds']:.0f} s drop-storm soak",
+                     f"{daemon['soak']['rss_growth_mb']:.1f} MB (max {daemon['soak']['rss_mb_max']:.1f} MB)",
+                     f"≤ 5 MB over 600 s {yes(t['growth'])}"))
+        rows.append((f"idle CPU over {daemon['idle_seconds']:.0f} s", f"{daemon['idle']['cpu_fraction_of_core'] * 100:.2f} % "
+                     "of a core", f"≤ 0.5 % over 300 s {yes(t['idle'])}"))
+    if not rows:
+        print("report: no results", file=sys.stderr)
+        return 1
+    when = (cost or rate or storm or daemon)
+    lines = [f"Measured {when['written_at']} on kernel {when['kernel']}, {when['cpus']} CPUs "
+             "(median, min–max over the rounds):", "", "| figure | measured | target |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(RESULTS, "performance.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
