@@ -224,7 +224,8 @@ class NetnsAttributor(Processor):
         self.pods = pods
         self.directory = directory
         self.failures = failures
-        self.node_fields = {"kubernetes": {"node": {"name": node}}} if node and pods is not None else None
+        self._node_fields = {"kubernetes": {"node": {"name": node}}} if node and pods is not None else None
+        self.node_fields = None  # set while this is a Kubernetes node (a runtime found), see process()
         self.node = node
         self.clock = clock
         self.host_inode = directory.host.inode
@@ -236,6 +237,9 @@ class NetnsAttributor(Processor):
         if generation != self._generation:
             self._views = {}
             self._generation = generation
+            # no runtime found (healthy None): not a Kubernetes node as far as we know, no kubernetes.*
+            self.node_fields = self._node_fields if self.pods is not None and self.pods.healthy is not None \
+                else None
         views = self._views
         node_fields = self.node_fields
         for event in events:

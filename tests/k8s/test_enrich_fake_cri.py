@@ -206,14 +206,20 @@ def test_runtime_killed_events_flow_unnamed_counted_then_attribution_returns(cri
         enricher.stop()
 
 
-def test_socket_absent_at_start_is_a_notice_not_a_failure(tmp_path):
-    index = PodIndex(CriSource(str(tmp_path / "none.sock")), refresh_interval=60)
+def test_no_runtime_socket_at_start_is_a_notice_not_a_failure(tmp_path, monkeypatch):
+    from netagent.enrich import cri
+
+    monkeypatch.delenv("NETAGENT_RUNTIME_SOCKET", raising=False)
+    monkeypatch.setattr(cri, "RUNTIME_SOCKETS", (str(tmp_path / "containerd.sock"), str(tmp_path / "crio.sock")))
+    index = PodIndex(CriSource(""), refresh_interval=60)
     enricher = Enricher(index, node="n")
     line = enricher.start()
     try:
-        assert "unavailable" in line and "none.sock" in line and "\n" not in line
+        assert "unavailable" in line and "containerd.sock" in line and "\n" not in line
         ev = enricher(drop_event(12345))
         assert "orchestrator" not in ev and ev["netagent"]["drop"]["netns"] == 12345
+        assert "kubernetes" not in ev  # no runtime: nothing says this is a Kubernetes node
+        assert enricher.failures.total == 0
     finally:
         enricher.stop()
 
