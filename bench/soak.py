@@ -125,7 +125,7 @@ def main() -> int:
     try:
         veth_pair(client, server, "10.90.0.1/24", "10.90.0.2/24")
         certs = make_certs(os.path.join(tmp, "certs"))
-        rs = Rsyslog(os.path.join(tmp, "rsyslog"), certs).start()
+        rs = Rsyslog(os.path.join(tmp, "rsyslog"), certs).start(timeout=60)
         config = os.path.join(tmp, "agent.toml")
         spool = os.path.join(disk, "spool")
         interval = 250
@@ -156,7 +156,7 @@ def main() -> int:
                 up_at = now + COLLECTOR_DOWN
                 next_down += COLLECTOR_EVERY
             elif up_at is not None and now >= up_at:
-                rs.start()
+                start_collector(rs, failures)
                 up_at = None
             if fill_done is None and now >= fill_at:
                 fill_wall = [time.time(), None]
@@ -178,7 +178,7 @@ def main() -> int:
             os.unlink(os.path.join(disk, "filler"))
             fill_wall[1] = time.time()
         if rs.proc is None or rs.proc.poll() is not None:
-            rs.start()
+            start_collector(rs, failures)
         with open(stop_storm, "w"):
             pass
         storm.wait(30)
@@ -265,6 +265,8 @@ def main() -> int:
             if growth > RSS_BOUND:
                 failures.append(f"RSS grew {growth / 2**20:.1f} MB after the first minute (bound 5 MB)")
         result["rss_series"] = rss
+    except Exception as exc:  # the soak's own machinery failed: say so in the results, exit 1
+        failures.append(f"soak aborted: {type(exc).__name__}: {exc}")
     finally:
         if storm is not None and storm.poll() is None:
             storm.kill()
@@ -286,6 +288,18 @@ def main() -> int:
     for failure in failures:
         print(f"soak: FAILED: {failure}", file=sys.stderr)
     return 0 if not failures else 1
+
+
+def start_collector(rs: Rsyslog, failures: list) -> None:
+    """Start rsyslogd again (same port); a loaded machine may need a while, and a
+    failed start is a failure of the soak's own setup, recorded, not a traceback."""
+    for attempt in range(3):
+        try:
+            rs.start(timeout=60)
+            return
+        except RuntimeError as exc:
+            last = str(exc)
+    failures.append(f"could not restart the collector: {last}")
 
 
 def _epoch(stamp: str) -> float:
