@@ -21,6 +21,7 @@ import time
 
 from netagent.events import Sequencer
 from netagent.jsonline import dumps_line
+from netagent.watchdog import WATCHDOG
 
 PLACES = ("kernel", "queue", "sink", "spool")
 
@@ -87,6 +88,8 @@ class Pipeline:
         self.emitted = 0
         self.by_dataset: dict[str, int] = {}
         self.encode_failed = 0
+        self.dispatch_failed = 0  # events of a batch whose dispatch raised (watchdog restarted it)
+        self._batch_mark: tuple[int, int] | None = None  # (batch size, emitted+encode_failed before it)
         self.submit_failed = 0
         # structlog-style processors run on the dispatcher thread before stamping:
         # each is (event) -> list of events (the event itself plus anything it adds,
@@ -110,8 +113,21 @@ class Pipeline:
     # -- consumer -------------------------------------------------------------------
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="pipeline-dispatch", daemon=True)
+        self._thread = threading.Thread(target=self._supervised, name="pipeline-dispatch", daemon=True)
         self._thread.start()
+
+    def _supervised(self) -> None:
+        # a bug in dispatch must not end the agent's only path to its sinks:
+        # the watchdog restarts the loop, counts it and says why (heartbeat)
+        WATCHDOG.run("pipeline-dispatch", self._run, self._stop, on_failure=self._after_failure)
+
+    def _after_failure(self, exc: BaseException) -> None:
+        # what was left of the batch when dispatch failed never reached a sink: counted
+        if self._batch_mark is not None:
+            size, before = self._batch_mark
+            self.dispatch_failed += max(0, size - (self.emitted + self.encode_failed - before))
+            self._batch_mark = None
+        self._busy = False
 
     def _run(self) -> None:
         stamp = self.sequencer.stamp
@@ -127,6 +143,7 @@ class Pipeline:
             if self.processors:
                 batch = self._process(batch)
             sinks = self._sinks  # one reference per batch: a reload swaps the list whole
+            self._batch_mark = (len(batch), self.emitted + self.encode_failed)
             for event in batch:
                 stamp(event)
                 try:
@@ -143,6 +160,7 @@ class Pipeline:
                         sink.submit(line, event)
                     except Exception:
                         self.submit_failed += 1
+            self._batch_mark = None
             self._busy = len(self.queue) > 0
 
     def _process(self, batch: list[dict]) -> list[dict]:
@@ -199,7 +217,7 @@ class Pipeline:
     def losses(self) -> dict[str, int]:
         """Losses downstream of the sensors; the daemon adds the sensors' "kernel" count."""
         lost = {place: 0 for place in PLACES}
-        lost["queue"] = self.queue.dropped + self.encode_failed
+        lost["queue"] = self.queue.dropped + self.encode_failed + self.dispatch_failed
         for place, n in self._retired_losses.items():
             lost[place] = lost.get(place, 0) + n
         lost["sink"] += self.submit_failed

@@ -449,3 +449,53 @@ def test_a_rejected_reload_leaves_the_armed_sensor_counting(tmp_path, agents):
     alpha = [e["netagent"]["n"] for e in agent.events()
              if e["event"]["dataset"] == "netagent.alpha" and e["netagent"]["k"] == 0]
     assert alpha == list(range(1, agent.detached("alpha", 0) + 1))
+
+
+def test_a_failing_dispatch_is_restarted_and_its_batch_counted_lost(capfd):
+    """A bug in the dispatcher (here: stamping raises once) must not stop the flow to
+    the sinks: the watchdog restarts the loop, and the events of the failed batch are
+    counted at 'queue', so the gap a SIEM sees is a counted one."""
+    from netagent.pipeline import Pipeline
+    from netagent.watchdog import WATCHDOG
+
+    class Collect:
+        name, TYPE = "collect", "test"
+
+        def __init__(self):
+            self.got = []
+
+        def submit(self, line, event):
+            self.got.append(event["event"]["sequence"])
+
+        def losses(self):
+            return {}
+
+        def status(self):
+            return {}
+
+    sink = Collect()
+    pipeline = Pipeline([sink])
+    real_stamp, fail = pipeline.sequencer.stamp, {"left": 1}
+
+    def stamp(event):
+        if fail["left"]:
+            fail["left"] -= 1
+            raise RuntimeError("a bug in dispatch")
+        return real_stamp(event)
+
+    pipeline.sequencer.stamp = stamp
+    before = WATCHDOG.status()["restarts"]
+    pipeline.start()
+    try:
+        assert pipeline.publish([new_event(dataset="netagent.t", action="a") for _ in range(5)]) == 5
+        deadline = time.monotonic() + 30
+        while WATCHDOG.status()["restarts"] == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pipeline.publish([new_event(dataset="netagent.t", action="b") for _ in range(5)]) == 5
+        assert pipeline.drain(30)
+    finally:
+        pipeline.stop(5)
+    assert sink.got == [1, 2, 3, 4, 5]  # the second batch went through after the restart
+    assert pipeline.losses()["queue"] == 5  # the first, failed batch: counted
+    assert WATCHDOG.status()["restarts"] == before + 1
+    assert "watchdog: thread pipeline-dispatch failed (RuntimeError: a bug in dispatch" in capfd.readouterr().err
