@@ -1,6 +1,6 @@
 """Run the matrix's pytest inside a VM per kernel, and read what it reported.
 
-Used by tests/vm/test_kernel_matrix.py; `make test-kernels` runs that module.
+Used by tests/vm/kernel_matrix.py; `make test-kernels` runs that module.
 """
 
 import importlib.machinery
@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ class GuestRun:
         return os.path.join(self.out_dir, f"guest-{self.series}.log")
 
     def start(self, cpus: int = 2) -> "GuestRun":
-        pytest_args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "vm", "-q", "-rfEs",
+        pytest_args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "vm", "-v", "-rfEs", "--durations=10",
                        "-o", "console_output_style=classic", f"--junitxml={self.junit}", *GUEST_PATHS]
         for node_id in DESELECT.get(self.series, {}):
             pytest_args.append(f"--deselect={node_id}")
@@ -71,17 +72,22 @@ class GuestRun:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
+        self._reaper = threading.Thread(target=self._reap, daemon=True)
+        self._reaper.start()
         return self
 
+    def _reap(self):
+        self.code = self.proc.wait()
+        self.elapsed = time.monotonic() - self.started
+
     def wait(self, timeout: float) -> "GuestRun":
-        try:
-            self.code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        """Until the run ends, at most `timeout` seconds after it started."""
+        self._reaper.join(max(0.0, self.started + timeout - time.monotonic()))
+        if self._reaper.is_alive():
             os.killpg(self.proc.pid, 9)  # the runner, vng and qemu: one session of ours
-            self.code = self.proc.wait()
+            self._reaper.join()
             with open(self.log, "a") as log:
                 log.write(f"\n[matrix] killed after {timeout:.0f} s\n")
-        self.elapsed = time.monotonic() - self.started
         self.counts = junit_counts(self.junit)
         return self
 

@@ -73,3 +73,13 @@ def test_guest_runs_a_script_from_stdin_with_netns_veth_iptables_and_conntrack_m
     assert "tmp: writable" in out
     # The guest's /tmp is its own: nothing it writes reaches this machine.
     assert not [n for n in os.listdir("/tmp") if n.startswith("netagent-vm-smoke-")]
+
+
+def test_node_without_its_hook_is_one_line_exit_69(tmp_path):
+    # A copy of the runner in a directory without packaging/vm/node-boot.
+    lone = tmp_path / "run"
+    lone.write_bytes(open(RUNNER, "rb").read())
+    lone.chmod(0o755)
+    r = subprocess.run([str(lone), "--node", "--", "true"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 69
+    assert len(r.stderr.strip().splitlines()) == 1 and "node-boot" in r.stderr, r.stderr
