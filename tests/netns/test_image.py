@@ -91,8 +91,9 @@ def daemonset_run_args(tmp_path, extra_mounts=()) -> list[str]:
         else:
             host = v["hostPath"]["path"]
             kind = v["hostPath"].get("type", "")
-            if m["mountPath"] == "/var/lib/netagent":
-                host = str(tmp_path / "state")  # the agent's state: not the host's own directory
+            if m["mountPath"] in ("/var/lib/netagent", "/var/cache/netagent"):
+                # the agent's state and cache: not the host's own directories
+                host = str(tmp_path / m["name"])
                 os.makedirs(host)
             elif kind == "DirectoryOrCreate":
                 os.makedirs(host, exist_ok=True)
@@ -129,14 +130,25 @@ def test_doctor_passes_in_the_image_with_the_daemonsets_privileges(image, lab, t
     assert attribution["available"] is True, attribution
     assert attribution["pods"] >= 1
 
-    # the pod's namespace is readable in the container: what SYS_PTRACE is in the DaemonSet for
+    # the pod's namespace file (the runtime's, under the /run/netns mount) is readable in the
+    # container; its resolv.conf (`probe dns --pod`) only with SYS_PTRACE, which is why the
+    # DaemonSet adds it: without it the kernel's ptrace-read check refuses
     inode = os.stat(pod["netns"]).st_ino
-    probe = ["-c", f"import os; print(os.stat('/proc/{pod['pid']}/ns/net').st_ino)"]
-    seen = podman_run(image, args, *probe, entrypoint="/usr/bin/python3", timeout=120)
+    code = ("import os, sys\n"
+            f"print(os.stat({pod['netns']!r}).st_ino)\n"
+            "try:\n"
+            f"    print(open('/proc/{pod['pid']}/root/etc/resolv.conf').read())\n"
+            "except PermissionError as exc:\n"
+            "    print('refused:', exc)\n")
+    seen = podman_run(image, args, "-c", code, entrypoint="/usr/bin/python3", timeout=120)
     assert seen.returncode == 0, seen.stderr
-    assert int(seen.stdout) == inode
-    # and without it the kernel refuses (so the capability is not decoration)
+    first, rest = seen.stdout.split("\n", 1)
+    assert int(first) == inode
+    assert "options ndots:5" in rest and "search payments.svc.cluster.local" in rest
     i = args.index("SYS_PTRACE")
     without = args[:i - 1] + args[i + 1:]
-    refused = podman_run(image, without, *probe, entrypoint="/usr/bin/python3", timeout=120)
-    assert refused.returncode != 0 and "PermissionError" in refused.stderr
+    refused = podman_run(image, without, "-c", code, entrypoint="/usr/bin/python3", timeout=120)
+    assert refused.returncode == 0, refused.stderr
+    first, rest = refused.stdout.split("\n", 1)
+    assert int(first) == inode, "the namespace file needs no ptrace check"
+    assert rest.startswith("refused:") and "Permission denied" in rest
