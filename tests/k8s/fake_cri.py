@@ -28,6 +28,7 @@ class FakePod:
     containers: list = field(default_factory=list)  # names
     uid: str = ""
     labels: dict = field(default_factory=dict)
+    netns_file: str = ""  # like containerd's /var/run/netns/cni-...: in the verbose info's OCI spec
 
     @property
     def sandbox_id(self) -> str:
@@ -72,7 +73,10 @@ class FakeCriServer:
                                                additional_ips=[pb.PodIP(ip=ip) for ip in ips[1:]]),
             linux=pb.LinuxPodSandboxStatus(namespaces=pb.Namespace(options=pb.NamespaceOption(network=mode))),
         )
-        info = {"info": json.dumps({"pid": pod.pid, "processStatus": "running"})} if request.verbose else {}
+        doc = {"pid": pod.pid, "processStatus": "running"}
+        if pod.netns_file:
+            doc["runtimeSpec"] = {"linux": {"namespaces": [{"type": "network", "path": pod.netns_file}]}}
+        info = {"info": json.dumps(doc)} if request.verbose else {}
         return pb.PodSandboxStatusResponse(status=status, info=info)
 
     def _containers(self, request, context):

@@ -38,8 +38,9 @@ def test_drops_counted_exactly_per_pod_host_network_flagged_new_and_deleted_pods
         veth_pair(a, b, "10.93.0.1/24", "10.93.0.2/24")
         sa, sb, shost = Sandbox(a), Sandbox(b), Sandbox(None)
         sandboxes += [sa, sb, shost]
-        cri.pods += [FakePod("shop", "api-0", sa.pid, ips=["10.93.0.1"], containers=["api"]),
-                     FakePod("shop", "db-0", sb.pid, ips=["10.93.0.2"], containers=["db"]),
+        # the namespace files, as containerd gives them: db-0's sandbox process is killed below
+        cri.pods += [FakePod("shop", "api-0", sa.pid, ips=["10.93.0.1"], containers=["api"], netns_file=a.path),
+                     FakePod("shop", "db-0", sb.pid, ips=["10.93.0.2"], containers=["db"], netns_file=b.path),
                      FakePod("kube-system", "node-exporter", shost.pid, host_network=True, containers=["exp"])]
         refresh = 1.0
         agent, events_path = start_agent(tmp_path, {"runtime_socket": cri.socket_path, "refresh": f"{refresh}s",
