@@ -36,9 +36,11 @@ while sent < count:
         pass  # an ICMP error reported on this unconnected socket: send again
 print(sent)
 """
-# Which numbers the kernels we know give NETFILTER_DROP (enum skb_drop_reason);
-# the agent must read them from the kernel, these only check that it did.
-NETFILTER_DROP_BY_KERNEL = {(6, 1): 8, (6, 18): 12}
+# What NETFILTER_DROP is (enum skb_drop_reason) on the kernels we ran, by
+# release prefix: the agent must read it from the kernel, this only checks that
+# it did. Even one series differs: 6.1.0-57 (6.1.192) says 7, while the 6.1
+# tracefs fixture (tests/fixtures/tracefs/kfree_skb-6.1.format) says 8.
+NETFILTER_DROP_BY_KERNEL = {"6.1.0-57-": 7, "6.18.": 12}
 
 
 @pytest.fixture
@@ -157,9 +159,9 @@ def test_each_attach_path_counts_what_the_kernel_counts(pair, mode):
     value = {v: k for k, v in kernel_btf().enum("skb_drop_reason").items()}["SKB_DROP_REASON_NETFILTER_DROP"]
     raws = {e["netagent"]["drop"]["reason_raw"] for e in events if e["event"]["reason"] == "NETFILTER_DROP"}
     assert raws == {value}
-    release = tuple(int(x) for x in os.uname().release.split(".")[:2])
-    if release in NETFILTER_DROP_BY_KERNEL:
-        assert value == NETFILTER_DROP_BY_KERNEL[release]
+    for prefix, known in NETFILTER_DROP_BY_KERNEL.items():
+        if os.uname().release.startswith(prefix):
+            assert value == known
     assert "lost: kernel 0" in "".join(agent.stderr_lines)
 
     # clean detach, then attach again: the second run works and also leaves nothing
