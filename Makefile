@@ -3,7 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench soak deb image clean cri-proto
+.PHONY: setup run test test-node bench soak deb image clean cri-proto
 
 setup:
 	@bash packaging/setup-node.sh
@@ -19,6 +19,11 @@ test: setup
 # until it is green and timed on both kernels; docs/kernels.md.
 test-kernels: setup
 	$(PY) -m pytest -ra tests/vm/kernel_matrix.py $(PYTEST_ARGS)
+
+# netagent as a user runs it: the .deb installed by apt on a Debian 12 VM with
+# systemd as PID 1, one boot, every check (tests/node, docs/daemon.md "The node").
+test-node: setup
+	NETAGENT_NODE_TESTS=1 $(PY) -m pytest -ra tests/node $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/run_all.py
