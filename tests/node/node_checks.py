@@ -476,7 +476,7 @@ def kill_and_spool():
     # events keep flowing from the restarted agent, to the journal and to syslog
     send_udp(pod, "127.0.0.1", 31100, 25)
     r["drops_after_restart"] = wait_until(
-        lambda: drops_in(events_of(new), pod.inode).get(31100, {}).get("count", 0), lambda n: n >= 25, START_TIMEOUT)
+        lambda: drops_in(events_of(new), pod.inode).get(31100, {}).get("count", 0), lambda n: n >= 25, EVENT_TIMEOUT)
     r["syslog_from_new"] = len(wait_until(lambda: [g for g in received(rs) if g[0] == new], bool, EVENT_TIMEOUT))
 
 
@@ -641,6 +641,9 @@ def main() -> int:
             log(f"{fn.__name__}: ERROR\n{results['errors'][fn.__name__]}")
         results.setdefault("seconds", {})[fn.__name__] = round(time.monotonic() - t, 1)
         log(f"{fn.__name__}: {results['seconds'][fn.__name__]}s")
+        # what the step recorded, at once: a session cut short still shows it
+        record = {k: v for k, v in results["steps"].items() if k.startswith(fn.__name__.split("_")[0][:4])}
+        log("record: " + json.dumps(record, default=sorted)[:4000])
     for name in ("rsyslog",):
         if name in CTX:
             CTX[name].stop()
