@@ -634,6 +634,7 @@ def main() -> int:
     for fn in STEPS:
         log(f"{fn.__name__} ...")
         t = time.monotonic()
+        keys_before = set(results["steps"])
         try:
             fn()
         except Exception:
@@ -642,7 +643,7 @@ def main() -> int:
         results.setdefault("seconds", {})[fn.__name__] = round(time.monotonic() - t, 1)
         log(f"{fn.__name__}: {results['seconds'][fn.__name__]}s")
         # what the step recorded, at once: a session cut short still shows it
-        record = {k: v for k, v in results["steps"].items() if k.startswith(fn.__name__.split("_")[0][:4])}
+        record = {k: v for k, v in results["steps"].items() if k not in keys_before}
         log("record: " + json.dumps(record, default=sorted)[:4000])
     for name in ("rsyslog",):
         if name in CTX:
