@@ -15,8 +15,8 @@ test: setup
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 # The kernel-dependent tests inside a VM on each Debian kernel (6.1, 6.12), both
-# at once. Not yet part of `make test` (which boots one VM: tests/vm/test_runner.py)
-# until it is green and timed on both kernels; docs/kernels.md.
+# at once: the full matrix. `make test` runs its core selection (tests/vm/matrix.py
+# CORE, tests/vm/test_kernel_matrix.py); docs/kernels.md.
 test-kernels: setup
 	$(PY) -m pytest -ra tests/vm/kernel_matrix.py $(PYTEST_ARGS)
 

@@ -175,3 +175,20 @@ def test_tp_btf_program_passes_the_verifier_with_each_filter(netns, tmp_path, mo
     sensor = DropSensor(DropFilters(**filters), attach="tp_btf")
     assert sensor.attach() == "tp_btf skb:kfree_skb"
     sensor.detach()
+
+
+def test_the_compile_bound_comes_from_netagent_compile_timeout(tmp_path, monkeypatch):
+    """An emulated CPU (the VM lab) needs a longer bound than 120 s; the bound is
+    enforced: a compile that outlasts it is given up in one line."""
+    monkeypatch.setattr(bpfchild, "bytecode_cache", bpfchild.BytecodeCache(str(tmp_path)))
+    spec = bpfchild.ProgramSpec("drops", "on_kfree_skb_btf", "tp_btf", "kfree_skb", macros={}, maps=[])
+    monkeypatch.setenv("NETAGENT_COMPILE_TIMEOUT", "0.01")
+    with pytest.raises(ProbeUnavailable) as err:
+        bpfchild.load(spec)
+    assert str(err.value) == "compiling drops.bpf.c took over 0.01 s; gave up"
+    monkeypatch.setenv("NETAGENT_COMPILE_TIMEOUT", "soon")
+    with pytest.raises(ProbeUnavailable) as err:
+        bpfchild.load(spec)
+    assert str(err.value) == "NETAGENT_COMPILE_TIMEOUT='soon' is not a positive number of seconds"
+    monkeypatch.delenv("NETAGENT_COMPILE_TIMEOUT")
+    assert bpfchild.compile_timeout() == bpfchild.CHILD_TIMEOUT_S

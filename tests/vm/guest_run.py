@@ -1,6 +1,7 @@
 """Run the matrix's pytest inside a VM per kernel, and read what it reported.
 
-Used by tests/vm/kernel_matrix.py; `make test-kernels` runs that module.
+Used by tests/vm/kernel_matrix.py (`make test-kernels`, the full matrix) and
+tests/vm/test_kernel_matrix.py (`make test`, matrix.CORE).
 """
 
 import importlib.machinery
@@ -14,7 +15,7 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from vm.matrix import DESELECT, GUEST_PATHS
+from vm.matrix import DESELECT, GUEST_PATHS, KERNELS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUNNER = os.path.join(REPO, "packaging", "vm", "run")
@@ -53,6 +54,8 @@ class GuestRun:
     elapsed: float | None = None
     code: int | None = None
     counts: dict = field(default_factory=dict)
+    # node ids to run instead of every matrix test under GUEST_PATHS (e.g. matrix.CORE)
+    selection: tuple[str, ...] = ()
 
     @property
     def junit(self) -> str:
@@ -64,7 +67,8 @@ class GuestRun:
 
     def start(self, cpus: int = 2) -> "GuestRun":
         pytest_args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "vm", "-v", "-rfEs", "--durations=10",
-                       "-o", "console_output_style=classic", f"--junitxml={self.junit}", *GUEST_PATHS]
+                       "-o", "console_output_style=classic", f"--junitxml={self.junit}",
+                       *(self.selection or GUEST_PATHS)]
         for node_id in DESELECT.get(self.series, {}):
             pytest_args.append(f"--deselect={node_id}")
         cmd = [RUNNER, "--kernel", self.series, "--cpus", str(cpus), "--share", self.out_dir, "--", *pytest_args]
@@ -101,6 +105,42 @@ class GuestRun:
             return f"{self.series} ({release}): no junit report, runner exit {self.code}, {self.elapsed:.0f} s"
         return (f"{self.series} ({release}): {c['passed']} passed, {c['failed']} failed, "
                 f"{c['skipped']} skipped in {self.elapsed:.0f} s (guest pytest exit {self.code})")
+
+
+def start_runs(out_dir: str, selection: tuple[str, ...] = ()) -> tuple[dict[str, str], dict[str, GuestRun]]:
+    """(series -> release, series -> started run): every installed kernel at once, so the VMs overlap."""
+    kernels = available_kernels()
+    return kernels, {series: GuestRun(series, out_dir, selection=selection).start()
+                     for series in KERNELS if series in kernels}
+
+
+def stop_runs(runs: dict[str, GuestRun]) -> None:
+    for run in runs.values():
+        if run.code is None:
+            run.wait(timeout=0)
+
+
+def check_run(series: str, kernels: dict[str, str], runs: dict[str, GuestRun], timeout: float,
+              expect_passed: int | None = None) -> None:
+    """Wait for one kernel's run; fail with the guest's output unless all passed
+    (and, with expect_passed, exactly that many: a skip is a failure there)."""
+    import pytest
+
+    from vm import conftest as vm_conftest
+
+    if series not in runs:
+        pytest.skip(f"Debian kernel {series} not installed (make setup installs it)")
+    run = runs[series].wait(timeout=timeout)
+    summary = run.summary(kernels[series])
+    vm_conftest.SUMMARIES.append(summary)
+    output = run.output()
+    assert run.counts, f"kernel {series}: the guest wrote no junit report (runner exit {run.code}):\n{output[-6000:]}"
+    assert run.code == 0 and run.counts["failed"] == 0, f"kernel {series}: {summary}\n{output[-12000:]}"
+    assert run.counts["passed"] > 0, f"kernel {series}: no test ran in the guest:\n{output[-4000:]}"
+    if expect_passed is not None:
+        assert run.counts["passed"] == expect_passed, (
+            f"kernel {series}: {summary}, expected {expect_passed} passed; skips: {run.counts['skips']}\n"
+            f"{output[-4000:]}")
 
 
 def junit_counts(path: str) -> dict:

@@ -1,4 +1,4 @@
-"""What the VM kernel matrix runs (make test-kernels): the one place to change it.
+"""What the VM kernel matrix runs (make test-kernels; CORE in make test): the one place to change it.
 
 Inside each guest (packaging/vm/run --kernel SERIES) one pytest runs
 `-m vm` over GUEST_PATHS. A test is in the matrix when it
@@ -34,3 +34,22 @@ DESELECT: dict[str, dict[str, str]] = {
 
 # One pytest run per kernel, both VMs at once: bound for the whole guest run.
 GUEST_TIMEOUT_SECONDS = 1500
+
+# What `make test` runs in a VM on each kernel (tests/vm/test_kernel_matrix.py):
+# the few tests that together prove the kernel-dependent paths on real kernels,
+# at ~1-2 min each under TCG. The full matrix above is `make test-kernels`.
+CORE = (
+    # default drop path (auto takes raw_tracepoint with --netns: tp_btf is refused
+    # there), counted equal to NoPorts and the iptables rule; clean detach, attach again
+    "tests/kernel/test_drops_attach.py::test_each_attach_path_counts_what_the_kernel_counts[raw_tracepoint]",
+    # the kprobe drop path (kfree_skb_reason on 6.1, sk_skb_reason_drop on 6.12), same counts, clean detach
+    "tests/kernel/test_drops_attach.py::test_each_attach_path_counts_what_the_kernel_counts[kprobe]",
+    # nf_conntrack loaded after the agent starts: it waits, then attaches with kprobes; clean detach
+    "tests/kernel/test_conntrack_module.py::test_the_sensor_waits_for_nf_conntrack_then_attaches_and_counts_from_the_load",
+    # a type only nf_conntrack's module BTF has
+    "tests/kernel/test_conntrack_programs.py::test_a_type_only_a_module_has_is_read_from_the_modules_btf",
+    # per-packet table-full from kprobes summing to the kernel's drop delta
+    "tests/netns/test_conntrack_table_full.py::test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts",
+)
+# Bound for one CORE guest run (boot included), both VMs at once.
+CORE_TIMEOUT_SECONDS = 900
