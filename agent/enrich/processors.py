@@ -105,16 +105,20 @@ class NetnsDirectory:
 class InterfaceNamer(Processor):
     """netagent.drop.interface from (netns, ifindex), by netlink, cached per namespace."""
 
-    def __init__(self, directory: NetnsDirectory, failures: Failures, clock=time.monotonic):
+    def __init__(self, directory: NetnsDirectory, failures: Failures, clock=time.monotonic, pods=None):
         self.directory = directory
         self.failures = failures
         self.clock = clock
+        self.pods = pods
+        self._pods_seen = -1  # the pod index generation whose namespaces were named ahead
         self._names: dict[int, dict[int, str]] = {}
         self._missing: dict[tuple[int, int], float] = {}
         self._rtnl: RtNetlink | None = None
         self._lock = threading.Lock()
 
     def process(self, events: list[dict]) -> list[dict]:
+        if self.pods is not None and self.pods.generation != self._pods_seen:
+            self._name_new_pods_ahead()
         cache = self._names
         host = self.directory.host.inode
         for event in events:
@@ -132,6 +136,22 @@ class InterfaceNamer(Processor):
             if name is not None:
                 drop["interface"] = name
         return events
+
+    def _name_new_pods_ahead(self) -> None:
+        """Read the interfaces of every pod namespace new to the index now, while it exists:
+        a pod deleted before the sensor's next flush still gets its drops' interface names
+        (its namespace, and so its links, are gone by the time those events arrive)."""
+        self._pods_seen = self.pods.generation
+        for inode, pod in list(self.pods.by_netns.items()):
+            if inode in self._names or not pod.netns_path:
+                continue
+            try:
+                with self._lock:
+                    if self._rtnl is None:
+                        self._rtnl = RtNetlink()
+                    self._names[inode] = links_of(self._rtnl, pod.netns_path)
+            except OSError:
+                continue  # named on demand later, and counted there if that fails too
 
     def lookup(self, inode: int, ifindex: int) -> str | None:
         key = (inode, ifindex)

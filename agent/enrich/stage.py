@@ -34,7 +34,7 @@ class Enricher:
         self.directory = NetnsDirectory(pods)
         self.node = node
         chain = [NetnsAttributor(pods, self.directory, self.failures, node),
-                 InterfaceNamer(self.directory, self.failures)]
+                 InterfaceNamer(self.directory, self.failures, pods=pods)]
         if pods is not None:
             chain.append(PeerAttributor(pods))
         self.processors = chain
