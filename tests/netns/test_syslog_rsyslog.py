@@ -137,6 +137,12 @@ def wait_until(pred, timeout=20.0):
     return pred()
 
 
+def spool_causes(rs) -> list[dict]:
+    """The syslog sink's spool losses by cause, as each heartbeat that arrived said them."""
+    return [s["lost_causes"]["spool"] for _, e in received(rs) if e["event"]["action"] == "heartbeat"
+            for s in e["netagent"]["agent"]["sinks"] if s["type"] == "syslog"]
+
+
 def drops_received(rs):
     return sum(1 for _, e in received(rs) if e["event"]["dataset"] == "netagent.drops")
 
@@ -335,6 +341,9 @@ def test_full_spool_disk_while_collector_down_counts_losses_and_resumes(tmp_path
             mark = drops_received(rsyslog)
             assert wait_until(lambda: drops_received(rsyslog) >= mark + 50, timeout=30), \
                 "delivery goes on once the space is back"
+            # the next heartbeat (2 s interval) says why: spool losses by cause
+            assert wait_until(lambda: any(c.get("ENOSPC", 0) > 0 for c in spool_causes(rsyslog)), timeout=60), \
+                spool_causes(rsyslog)
             assert agent.proc.poll() is None
         finally:
             code, _ = agent.stop(timeout=20)
@@ -353,8 +362,7 @@ def test_full_spool_disk_while_collector_down_counts_losses_and_resumes(tmp_path
     assert len(missing) == lost_spool, "every event is delivered or counted as a spool loss, exactly"
     assert got <= set(range(1, emitted + 1))
     # the heartbeats said why: spool losses by cause, in the sink's status
-    causes = [s["lost_causes"]["spool"] for e in events if e["event"]["action"] == "heartbeat"
-              for s in e["netagent"]["agent"]["sinks"] if s["type"] == "syslog"]
+    causes = spool_causes(rsyslog)
     assert any(c.get("ENOSPC", 0) > 0 for c in causes), causes
     stopped = next(e for e in events if e["event"]["action"] == "agent-stopped")
     assert stopped["netagent"]["agent"]["lost"]["spool"] == lost_spool
