@@ -68,6 +68,8 @@ class GuestRun:
     def start(self, cpus: int = 2) -> "GuestRun":
         pytest_args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "vm", "-v", "-rfEs", "--durations=10",
                        "-o", "console_output_style=classic", f"--junitxml={self.junit}",
+                       # BCC's str-not-bytes warnings would fill the output a failure shows
+                       "-W", "ignore::DeprecationWarning",
                        *(self.selection or GUEST_PATHS)]
         for node_id in DESELECT.get(self.series, {}):
             pytest_args.append(f"--deselect={node_id}")

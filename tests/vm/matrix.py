@@ -29,7 +29,13 @@ VM_MODULES = (
 # entry is a pytest node id relative to the checkout. Empty when all pass.
 DESELECT: dict[str, dict[str, str]] = {
     "6.1": {},
-    "6.12": {},
+    "6.12": {
+        # passed in 3 CORE runs on 6.12, failed in the fresh-clone `make test` of
+        # 2026-12-01 11:26 (the cause was cut from the guest's output by warnings,
+        # now filtered): open, to be reproduced with `make test-kernels`
+        "tests/netns/test_conntrack_table_full.py::test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts":
+            "failed 1 of 4 runs on 6.12, cause not captured yet",
+    },
 }
 
 # One pytest run per kernel, both VMs at once: bound for the whole guest run.
