@@ -22,6 +22,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # binary): the Kubernetes lab node (packaging/lab); podman: `make image`.
 # bpftrace: the reference counter the drop benchmark measures itself against.
 # qemu-system-x86 + busybox-static + zstd: the VM lab (packaging/vm/run).
+# clang-14 (BCC's own LLVM version): the VM lab's offsets-vs-headers self-check
+# compiles the kernel's headers with the kernel's include paths.
 PACKAGES=(
   python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool
   linux-headers-amd64 kmod iproute2 iptables nftables conntrack ethtool
@@ -29,7 +31,7 @@ PACKAGES=(
   rsyslog rsyslog-gnutls gnutls-bin openssl prometheus
   dpkg-dev fakeroot systemd procps debootstrap
   containerd containernetworking-plugins gcc libc6-dev podman bpftrace
-  qemu-system-x86 busybox-static zstd
+  qemu-system-x86 busybox-static zstd clang-14
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
