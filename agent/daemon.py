@@ -127,13 +127,11 @@ class SensorRunner:
         self.sensor = sensor
         self.state = "on"
         self.reason = None
-        self._thread = threading.Thread(target=self._run, name=f"sensor-{self.section}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
         # a failure outside the sensor's poll() (publishing, a bug) restarts the
         # loop with the sensor still attached: counted and explained by the watchdog
-        WATCHDOG.run(self._thread.name, self._poll_loop, self._stop)
+        self._thread = WATCHDOG.start(f"sensor-{self.section}", self._poll_loop, self._stop, after=self._last_poll)
+
+    def _last_poll(self) -> None:
         if self._final_poll:
             self._poll_once()  # what the kernel counted since the last poll
 

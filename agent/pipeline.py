@@ -113,13 +113,9 @@ class Pipeline:
     # -- consumer -------------------------------------------------------------------
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._supervised, name="pipeline-dispatch", daemon=True)
-        self._thread.start()
-
-    def _supervised(self) -> None:
         # a bug in dispatch must not end the agent's only path to its sinks:
         # the watchdog restarts the loop, counts it and says why (heartbeat)
-        WATCHDOG.run("pipeline-dispatch", self._run, self._stop, on_failure=self._after_failure)
+        self._thread = WATCHDOG.start("pipeline-dispatch", self._run, self._stop, on_failure=self._after_failure)
 
     def _after_failure(self, exc: BaseException) -> None:
         # what was left of the batch when dispatch failed never reached a sink: counted

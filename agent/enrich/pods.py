@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from netagent.enrich.cri import RUNTIME_SOCKETS, CriClient, PodInfo, RuntimeUnavailable, detect_socket
+from netagent.watchdog import WATCHDOG
 
 DEFAULT_REFRESH = 10.0  # seconds between runtime listings (config: [kubernetes] refresh)
 DEFAULT_GRACE = 30.0  # seconds a pod is still named after it was last listed ([kubernetes] grace)
@@ -170,8 +171,8 @@ class PodIndex:
 
     def start(self) -> None:
         self.refresh()
-        self._thread = threading.Thread(target=self._run, name="enrich-pods", daemon=True)
-        self._thread.start()
+        # a failure outside refresh() (a bug) restarts the loop, counted and said (heartbeat)
+        self._thread = WATCHDOG.start("enrich-pods", self._run, self._stop)
         _RUNNING.append(self)
 
     def _run(self) -> None:

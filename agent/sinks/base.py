@@ -157,8 +157,10 @@ class BufferedSink(Sink):
     def start(self) -> None:
         self.open()
         self._accepting = True
-        self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
-        self._thread.start()
+        # a failure outside deliver() (a bug) restarts the loop, counted and
+        # explained in the heartbeat (netagent.watchdog), instead of ending it
+        self._thread = WATCHDOG.start(f"sink-{self.name}", self._loop, self.stopping,
+                                      on_failure=self._after_failure, after=self._safe_shutdown)
 
     def submit(self, line: bytes, event: dict) -> bool:
         # deque append/len are atomic under the GIL; the bound is soft by at most
@@ -235,12 +237,6 @@ class BufferedSink(Sink):
             except IndexError:
                 break
         return batch
-
-    def _run(self) -> None:
-        # a failure outside deliver() (a bug) restarts the loop, counted and
-        # explained in the heartbeat (netagent.watchdog), instead of ending it
-        WATCHDOG.run(self._thread.name, self._loop, self.stopping, on_failure=self._after_failure)
-        self._safe_shutdown()
 
     def _after_failure(self, exc: BaseException) -> None:
         self.record_error(exc)

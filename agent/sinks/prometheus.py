@@ -55,6 +55,7 @@ from netagent import __version__
 from netagent.configschema import SchemaError, parse_address, positive
 from netagent.sinks.base import Sink
 from netagent.sinks.labels import OVERFLOW_LABEL, LabelSlots  # noqa: F401 - OVERFLOW_LABEL re-exported
+from netagent.watchdog import WATCHDOG
 
 
 def interface_exists(name: str) -> bool:
@@ -106,7 +107,7 @@ class PrometheusSink(Sink):
         self._snapshot = snapshot
 
     def start(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, ProcessCollector, start_http_server
+        from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 
         try:
             # *_created series double every counter's cardinality for a value
@@ -140,11 +141,15 @@ class PrometheusSink(Sink):
                                  "unreachable, errors)", registry=self.registry)
         ProcessCollector(registry=self.registry)
         try:
-            self._httpd, _ = start_http_server(self.port, addr=self.host, registry=self.registry)
+            self._httpd = _metrics_server(self.host, self.port, self.registry)
         except OSError as exc:
             hint = " (another netagent or exporter on this port?)" if exc.errno == errno.EADDRINUSE else ""
             raise SchemaError("listen", f"cannot listen on {self.listen}: {exc.strerror}{hint}") from None
         self.bound_port = self._httpd.server_address[1]
+        # the accept loop is an agent thread like any other: a failure restarts it on the
+        # same socket, counted and explained in the heartbeat (netagent.watchdog)
+        self._http_stop = threading.Event()
+        self._http_thread = WATCHDOG.start(f"sink-{self.name}-http", self._httpd.serve_forever, self._http_stop)
 
     def submit(self, line: bytes, event: dict) -> bool:
         ev = event.get("event", {})
@@ -204,7 +209,9 @@ class PrometheusSink(Sink):
     def close(self, timeout: float) -> None:
         if self._httpd is not None:
             httpd, self._httpd = self._httpd, None
+            self._http_stop.set()  # before shutdown(): a restart pending in the watchdog is not made
             httpd.shutdown()
+            self._http_thread.join(max(0.5, timeout))
             httpd.server_close()
 
     def losses(self) -> dict[str, int]:
@@ -293,6 +300,27 @@ class _AgentCollector:
                                     value=1 if snap["config_reload_ok"] else 0)
         yield GaugeMetricFamily("netagent_start_time_seconds", "Start time of the agent (Unix seconds)",
                                 value=snap.get("start_time", 0))
+
+
+def _metrics_server(host: str, port: int, registry):
+    """A bound /metrics HTTP server (one thread per request) whose accept loop the caller runs.
+    prometheus_client's start_http_server() would start that loop on a thread of its own,
+    outside the watchdog."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True  # a slow scraper never holds up the agent's exit
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002 - the base class's name
+            pass  # one line per scrape on stderr would drown the agent's own diagnostics
+
+    return make_server(host, port, make_wsgi_app(registry), Server, handler_class=QuietHandler)
 
 
 def losses_by_sensor(snap: dict) -> dict[tuple[str, str], int]:

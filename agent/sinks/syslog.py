@@ -615,8 +615,11 @@ class SyslogSink(Sink):
             raise SchemaError("spool_dir", exc.strerror or str(exc)) from None
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._accepting = True
-        self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
-        self._thread.start()
+        # The watchdog restarts the loop when it raises (a bug, a disk error
+        # the spool could not absorb): delivery resumes from the spool, whose
+        # unconfirmed records are sent again.
+        self._thread = WATCHDOG.start(f"sink-{self.name}", self._deliver, self._stop,
+                                      on_failure=self._after_failure, after=self._finish_if_stopped)
 
     def _open_spool(self) -> None:
         self.spool.open()
@@ -760,11 +763,7 @@ class SyslogSink(Sink):
         self._disk_lost_unsaid = 0
 
     # -- delivery thread --------------------------------------------------------------------
-    def _run(self) -> None:
-        # The watchdog restarts the loop when it raises (a bug, a disk error
-        # the spool could not absorb): delivery resumes from the spool, whose
-        # unconfirmed records are sent again.
-        WATCHDOG.run(self._thread.name, self._deliver, self._stop, on_failure=self._after_failure)
+    def _finish_if_stopped(self) -> None:
         if self._stop.is_set() and self._spool_open:
             try:
                 self._finish()
