@@ -20,7 +20,11 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KERNEL = os.environ.get("NETAGENT_NODE_KERNEL", "6.1")
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(2400)]
+# Bounds, not expectations (docs/daemon.md has the measured times): the .deb
+# build and the image (~8 min when the source changed), the boot (~5 min under
+# TCG) and the session; node-boot kills the VM after NODE_VM_TIMEOUT.
+NODE_VM_TIMEOUT = 3600
+pytestmark = [pytest.mark.root, pytest.mark.timeout(NODE_VM_TIMEOUT + 1200)]
 
 
 def node_command() -> list[str]:
@@ -32,10 +36,19 @@ def node_command() -> list[str]:
 
 @pytest.fixture(scope="module")
 def node():
-    """The record of one node session; the VM's stderr is echoed for the CI log."""
+    """The record of one node session; the VM's stderr is echoed for the CI log.
+    NETAGENT_NODE_RECORD=FILE: assert on a session's saved stdout instead of
+    booting (to re-check assertions against a run that took half an hour)."""
+    saved = os.environ.get("NETAGENT_NODE_RECORD")
+    if saved:
+        with open(saved) as f:
+            line = next((x for x in f.read().splitlines() if x.startswith("NODE-RESULTS ")), None)
+        assert line, f"{saved}: no NODE-RESULTS line"
+        return json.loads(line[len("NODE-RESULTS "):])
     start = time.monotonic()
     r = subprocess.run([*node_command(), "python3", os.path.join(REPO, "tests", "node", "node_checks.py")],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=2300, cwd=REPO)
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=NODE_VM_TIMEOUT + 1100, cwd=REPO)
     sys.stderr.write(r.stderr[-20000:])
     line = next((x for x in r.stdout.splitlines() if x.startswith("NODE-RESULTS ")), None)
     assert r.returncode == 0 and line, f"node session failed (exit {r.returncode}):\n{r.stderr[-6000:]}"
@@ -85,6 +98,9 @@ def test_startup_active_ready_and_every_attach_path_in_the_journal(node):
             assert sensor["attach_path"] in s["started_line"], (name, s["started_line"])
     # the programs are in the kernel, held by the agent
     assert s["bpf"]["held_ids"], s["bpf"]
+    # the drop program's bytecode was kept (CacheDirectory= is writable under
+    # ProtectSystem=strict): the restarts below load it without compiling
+    assert any(f.startswith("drops-") and f.endswith(".json") for f in s["bytecode_cache"]), s["bytecode_cache"]
 
 
 def test_drops_counted_exactly_from_the_journal(node):
