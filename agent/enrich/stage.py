@@ -6,6 +6,7 @@ A processor that raises leaves the event as it was, counted by cause.
 """
 
 from netagent.configschema import positive
+from netagent.enrich.apiserver import APISERVER_SCHEMA, ApiPeerAttributor, ClusterPods
 from netagent.enrich.pods import DEFAULT_GRACE, DEFAULT_REFRESH, CriSource, PodIndex
 from netagent.enrich.processors import (
     Failures, InterfaceNamer, NetnsAttributor, NetnsDirectory, PeerAttributor, node_name,
@@ -23,12 +24,13 @@ CONFIG_SCHEMA = {
     "grace": ("duration", DEFAULT_GRACE),
     # kubernetes.node.name; "" = $NODE_NAME, else the hostname
     "node_name": ("str", ""),
+    **APISERVER_SCHEMA,  # apiserver, apiserver_watch: the optional API server (netagent.enrich.apiserver)
 }
 DEFAULTS = {key: spec[1] for key, spec in CONFIG_SCHEMA.items()}
 
 
 class Enricher:
-    def __init__(self, pods: PodIndex | None, node: str | None = None):
+    def __init__(self, pods: PodIndex | None, node: str | None = None, cluster: ClusterPods | None = None):
         self.pods = pods
         self.failures = Failures()
         self.directory = NetnsDirectory(pods)
@@ -38,6 +40,9 @@ class Enricher:
         if pods is not None:
             chain.append(PeerAttributor(pods))
         self.processors = chain
+        self.cluster = cluster  # the API server's pods: peers on other nodes, workloads
+        if cluster is not None:
+            self.processors.append(ApiPeerAttributor(cluster, self.failures))
         self.enriched = 0
 
     @classmethod
@@ -47,7 +52,7 @@ class Enricher:
             return cls(None)
         source = CriSource(cfg["runtime_socket"])
         pods = PodIndex(source, refresh_interval=cfg["refresh"], grace=cfg["grace"], log=log)
-        return cls(pods, node_name(cfg["node_name"]))
+        return cls(pods, node_name(cfg["node_name"]), ClusterPods.from_config(cfg, log))
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> str:
@@ -55,11 +60,16 @@ class Enricher:
         if self.pods is None:
             return "pod attribution: off ([kubernetes] enabled = false)"
         self.pods.start()
+        if self.cluster is not None:
+            self.cluster.start()
+            return f"{self.attribution_line()}; {self.cluster.describe()}"
         return self.attribution_line()
 
     def stop(self) -> None:
         if self.pods is not None:
             self.pods.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     def attribution_line(self) -> str:
         pods = self.pods
@@ -98,6 +108,8 @@ class Enricher:
         if self.pods is not None:
             out["pods"] = self.pods.status()
             out["node"] = self.node
+        if self.cluster is not None:
+            out["apiserver"] = self.cluster.status()
         return out
 
 
