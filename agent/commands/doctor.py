@@ -74,7 +74,10 @@ def doctor(config_path, output):
     _drop_status_with_privileges(statuses)
     from netagent.enrich.stage import attribution_report
 
-    report = {**facts, "sensors": [s.as_dict() for s in statuses], "pod_attribution": attribution_report()}
+    from netagent.enrich.apiserver import apiserver_report
+
+    report = {**facts, "sensors": [s.as_dict() for s in statuses], "pod_attribution": attribution_report(),
+              "apiserver": apiserver_report(cfg.kubernetes)}
     if resolve_output(output) == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
@@ -114,6 +117,8 @@ def _render(r: dict) -> str:
         f"kernel headers   {r['kernel_headers']['detail']}",
         f"kprobes          {_yes(r['kprobes']['available'])} ({r['kprobes']['detail']})",
         f"pod attribution  {_yes(r['pod_attribution']['available'])} ({r['pod_attribution']['detail']})",
+        f"API server       {_yes(r['apiserver']['available']) if r['apiserver']['enabled'] else 'off'} "
+        f"({r['apiserver']['detail']})",
         f"fentry           {_yes(r['fentry']['available'])} ({r['fentry']['detail']})",
         f"lockdown         {r['lockdown']}",
         f"privileges       euid {r['privileges']['euid']}; capabilities: {caps}",

@@ -155,6 +155,7 @@ class ClusterPods:
         self._pods: dict[str, tuple[tuple[str, ...], dict]] = {}  # uid -> (IPs, peer fields)
         self._gone: dict[str, float] = {}  # uid -> when deleted (or missing from a list)
         self._owners: dict[tuple[str, str, str], str | None] = {}
+        self._forbidden: set[str] = set()  # kinds answered 403 (RBAC for pods only): not asked again until a list
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client = None
@@ -250,6 +251,7 @@ class ClusterPods:
         pods = list(listing)
         version = listing.resourceVersion
         self._owners.clear()  # owners are read again once per full list
+        self._forbidden.clear()
         self._replace_all(pods)
         self.lists += 1
         if self.healthy is False:
@@ -340,10 +342,14 @@ class ClusterPods:
         from lightkube.resources.batch_v1 import Job  # noqa: PLC0415
 
         try:
+            if kind in self._forbidden:
+                raise PermissionError(kind)
             obj = self._client.get(ReplicaSet if kind == "ReplicaSet" else Job, name, namespace=namespace)
         except Exception as exc:
             if not _is_api_failure(exc):
                 raise
+            if getattr(getattr(exc, "status", None), "code", None) == 403:
+                self._forbidden.add(kind)
             deployment = deployment_by_hash(name, labels) if kind == "ReplicaSet" else None
             if deployment:
                 self.owner_fallbacks += 1

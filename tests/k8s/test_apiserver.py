@@ -99,6 +99,8 @@ def test_replicaset_unreadable_falls_back_to_pod_template_hash(lab, tmp_path):
         # the name does not follow the convention: the ReplicaSet is all we can say
         assert cluster.peers()["10.244.5.6"]["workload"] == "ReplicaSet/odd-rs"
         assert cluster.status()["owner_fallbacks"] == 1
+        # a 403 is not asked again for every ReplicaSet until the next full list
+        assert sum("/replicasets/" in path for path in lab.requests) == 1
     finally:
         cluster.stop()
 
@@ -209,3 +211,20 @@ def test_in_cluster_service_account(lab, tmp_path, monkeypatch):
         assert cluster.peers()["10.244.2.3"]["workload"] == "StatefulSet/db"
     finally:
         cluster.stop()
+
+
+def test_doctor_report_off_reachable_unreachable(lab, tmp_path):
+    from netagent.enrich.apiserver import apiserver_report
+
+    off = apiserver_report({"apiserver": ""})
+    assert off["enabled"] is False and "off" in off["detail"]
+    kubeconfig = lab.kubeconfig(str(tmp_path / "kubeconfig"))
+    up = apiserver_report({"apiserver": kubeconfig})
+    assert up["available"] is True and f"https://127.0.0.1:{lab.port}" in up["detail"]
+    assert "pods readable" in up["detail"]
+    lab.stop()
+    down = apiserver_report({"apiserver": kubeconfig})
+    assert down["enabled"] is True and down["available"] is False
+    assert f"https://127.0.0.1:{lab.port}" in down["detail"] and "Connect" in down["detail"]
+    wrong_token = apiserver_report({"apiserver": lab.start().kubeconfig(str(tmp_path / "bad"), token="nope")})
+    assert wrong_token["available"] is False and "Unauthorized" in wrong_token["detail"], wrong_token

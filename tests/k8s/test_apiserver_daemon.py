@@ -128,3 +128,17 @@ def test_bad_kubeconfig_one_line_exit_78(tmp_path, content, says):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1, proc.stderr
         assert "kubernetes.apiserver" in lines[0] and says in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_doctor_says_whether_the_api_server_answers(tmp_path):
+    api = FakeApiServer(str(tmp_path / "apiserver")).start()
+    try:
+        config = tmp_path / "agent.toml"
+        config.write_text(f'[kubernetes]\napiserver = "{api.kubeconfig(str(tmp_path / "kubeconfig"))}"\n')
+        proc = subprocess.run([NETAGENT, "doctor", "-o", "table", "--config", str(config)], capture_output=True,
+                              text=True, timeout=120)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("API server")]
+        assert line == [f"API server       yes (kubeconfig {tmp_path / 'kubeconfig'}, "
+                        f"https://127.0.0.1:{api.port}: pods readable)"], proc.stdout + proc.stderr
+    finally:
+        api.stop()
