@@ -28,6 +28,25 @@ if [[ $PYVER != 3.11 ]]; then
   say "the venv runs Python $PYVER; the package targets Debian 12's python3 3.11"; exit 69
 fi
 
+# A package is rebuilt only when what goes into it changed: built packages are
+# kept under a hash of those files' contents (pip resolving and bundling the
+# dependencies takes ~100 s here, and `make test` needs the package three
+# times). NETAGENT_DEB_CACHE=DIR moves the cache; an unwritable one is skipped.
+DEB_NAME=netagent_${VERSION}_${ARCH}.deb
+CACHE_DIR=${NETAGENT_DEB_CACHE:-/var/cache/netagent-deb}
+SRC_KEY=$( (printf '%s %s\n' "$PYVER" "$ARCH"
+            find agent probes systemd packaging/debian packaging/build-deb.sh pyproject.toml README.md docs \
+              -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) \
+          | sha256sum | cut -c1-16)
+CACHED=$CACHE_DIR/$SRC_KEY/$DEB_NAME
+if [[ -f $CACHED ]]; then
+  mkdir -p "$OUT"
+  cp "$CACHED" "$OUT/$DEB_NAME"
+  say "unchanged sources ($SRC_KEY): $OUT/$DEB_NAME from $CACHED"
+  echo "$OUT/$DEB_NAME"
+  exit 0
+fi
+
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/netagent-deb.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 ROOT=$WORK/root
@@ -70,7 +89,14 @@ sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@INSTALLED_SIZE@/$SIZE
   > "$ROOT/DEBIAN/md5sums"
 
 mkdir -p "$OUT"
-DEB=$OUT/netagent_${VERSION}_${ARCH}.deb
+DEB=$OUT/$DEB_NAME
 dpkg-deb --root-owner-group -Zxz --build "$ROOT" "$DEB" >/dev/null
 say "built $DEB ($(du -h "$DEB" | cut -f1), installed size ${SIZE} KiB)"
+# keep only this sources' package; a cache that can't be written is no error
+if mkdir -p "$CACHE_DIR/$SRC_KEY.tmp" 2>/dev/null && cp "$DEB" "$CACHE_DIR/$SRC_KEY.tmp/$DEB_NAME" 2>/dev/null; then
+  find "$CACHE_DIR" -mindepth 1 -maxdepth 1 ! -name "$SRC_KEY.tmp" -exec rm -rf {} +
+  mv "$CACHE_DIR/$SRC_KEY.tmp" "$CACHE_DIR/$SRC_KEY"
+else
+  rm -rf "$CACHE_DIR/$SRC_KEY.tmp" 2>/dev/null || true
+fi
 echo "$DEB"

@@ -31,18 +31,10 @@ CACHE=${CACHE:-/var/cache/netagent-image}
 mkdir -p "$DEB_CACHE" "$CACHE"
 
 t0=$(date +%s)
-# The .deb is rebuilt only when what goes into it changed: it is cached under a
-# hash of those files' contents (DEB=path uses a given one instead).
+# build-deb.sh rebuilds the package only when its sources changed (its cache);
+# DEB=path uses a given one instead.
 if [[ -z ${DEB:-} ]]; then
-  SRC_KEY=$(find agent probes systemd packaging/debian packaging/build-deb.sh pyproject.toml README.md docs \
-              -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
-  DEB_DIR=$CACHE/deb-$SRC_KEY
-  DEB=$(ls "$DEB_DIR"/netagent_*.deb 2>/dev/null | head -1 || true)
-  if [[ -z $DEB ]]; then
-    rm -rf "$CACHE"/deb-*   # older sources' packages
-    DEB=$(bash packaging/build-deb.sh "$DEB_DIR" | tail -1)
-  fi
-  cp "$DEB" "$OUT/"
+  DEB=$(bash packaging/build-deb.sh "$OUT" | tail -1)
 fi
 VERSION=$(dpkg-deb -f "$DEB" Version)
 DEPENDS=$(dpkg-deb -f "$DEB" Depends)
