@@ -25,12 +25,16 @@ Why it is shaped like this:
   records are never overwritten, since the oldest are the ones a SIEM has
   not seen yet.
 - A disk error (ENOSPC, EIO, EROFS) never escapes from append() or
-  commit(): a record that cannot be written is dropped and counted by
-  its cause (`error_causes`, e.g. {"ENOSPC": 12}), a cursor that cannot
-  be written is retried at the next commit (a crash meanwhile resends,
-  never loses), and a delivered segment is deleted even then, which is
-  what gives the space back. Appends resume by themselves once the disk
-  takes writes again.
+  commit(). Records the disk refuses are held in memory, in order, up to
+  `memory_bytes`, and written out (before any newer record) as soon as the
+  disk takes writes again: retried at each append() and retry(), at most
+  every RETRY_HELD seconds. Only what overflows that bound is dropped, counted
+  by its cause (`error_causes`, e.g. {"ENOSPC": 12}), as is what is still
+  held when the spool is closed. A cursor that cannot be written is retried
+  at the next commit (a crash meanwhile resends, never loses), and a
+  delivered segment is deleted even then, which is what gives the space
+  back (and lets the held records out). Held records are not on disk: a
+  crash loses them like the sink's in-memory buffer.
 - fsync policy: a process crash (kill -9) loses nothing write() returned
   for: the page cache keeps it. Against power loss, data is fsynced every
   `fsync_interval` seconds, on segment rotation and on close, but only
@@ -45,6 +49,7 @@ The spool is used by one thread (the sink's delivery thread); it does no
 locking of its own beyond the cross-process directory lock.
 """
 
+import collections
 import errno
 import fcntl
 import os
@@ -61,6 +66,10 @@ CURSOR_NAME = "cursor"
 LOCK_NAME = "lock"
 # A record longer than this is certainly garbage in a length field.
 MAX_RECORD = 64 * 2**20
+# while records wait in memory for a disk that refused them, a write is tried this often
+RETRY_HELD = 0.1
+# held records are written back in slices of about this size (a failed try costs one write)
+HELD_SLICE_BYTES = 256 * 1024
 
 
 class SpoolError(OSError):
@@ -104,9 +113,11 @@ class Spool:
         segment_bytes: int | None = None,
         fsync_interval: float = 1.0,
         cursor_interval: float = 0.5,
+        memory_bytes: int = 0,
     ):
         self.directory = directory
         self.max_bytes = max_bytes
+        self.memory_bytes = memory_bytes  # bound of the records held while the disk refuses writes
         self.segment_bytes = segment_bytes or default_segment_bytes(max_bytes)
         self.fsync_interval = fsync_interval
         self.cursor_interval = cursor_interval
@@ -114,6 +125,8 @@ class Spool:
         self.dropped_full = 0  # appends refused: spool at max_bytes
         self.dropped_error = 0  # appends failed: disk error (ENOSPC, EIO)
         self.error_causes: dict[str, int] = {}  # dropped_error by errno name
+        self.held_total = 0  # records that had to wait in memory for the disk
+        self.held_peak = 0  # most records held at once
         self.disk_errors = 0  # failed disk operations of any kind (write, fsync, cursor, unlink)
         self.last_disk_error: str | None = None
         self.corrupt = 0  # torn or damaged records found and skipped
@@ -134,6 +147,10 @@ class Spool:
         self._last_cursor_write = float("-inf")
         self._durable = True
         self._damaged: set[Position] = set()
+        self._held: collections.deque[bytes] = collections.deque()  # framed records the disk refused, in order
+        self._held_bytes = 0
+        self._held_cause = ""
+        self._next_held_try = 0.0
         # the disk filled up: new records go to a new segment, so the delivered
         # part of the current one can be deleted (space is only freed by segment)
         self._rotate_requested = False
@@ -182,6 +199,10 @@ class Spool:
             return
         try:
             self._durable = True  # what stays behind must survive anything
+            self._next_held_try = 0.0
+            self.retry()
+            if self._held:  # the disk still refuses them: nothing is left to keep them in
+                self._drop_held(len(self._held))
             self.sync()
             self._write_cursor(force=True)
         finally:
@@ -273,58 +294,117 @@ class Spool:
         return sum(self._sizes.values())
 
     def append(self, payloads) -> int:
-        """Append records in order; returns how many were stored.
+        """Append records in order; returns how many went to disk now (held ones included).
 
         A record that would push the spool past max_bytes is dropped and
         counted. Later (smaller) records may still fit; they are stored
         after the earlier ones, so order is kept among stored records.
+        Records the disk refuses wait in memory (see the module docstring),
+        and every later record waits behind them.
         """
+        records = [frame(p) for p in payloads]
+        earlier = self.retry() if self._held else 0
+        if self._held:
+            self._hold(records, None)
+            return earlier
+        stored, refused, exc = self._store(records)
+        if refused:
+            self._hold(refused, exc)
+        self.backlog += stored
+        self._maybe_fsync()
+        return earlier + stored
+
+    @property
+    def held(self) -> int:
+        """Records waiting in memory for the disk to take writes again."""
+        return len(self._held)
+
+    def retry(self) -> int:
+        """Write held records out if the disk takes them now (at most every RETRY_HELD s);
+        returns how many were written."""
+        if not self._held or time.monotonic() < self._next_held_try:
+            return 0
+        written = 0
+        while self._held:
+            piece, size = [], 0
+            while self._held and (not piece or size + len(self._held[0]) <= HELD_SLICE_BYTES):
+                rec = self._held.popleft()
+                piece.append(rec)
+                size += len(rec)
+            self._held_bytes -= size
+            stored, refused, _ = self._store(piece)
+            written += stored
+            self.backlog += stored
+            if refused:
+                self._held.extendleft(reversed(refused))
+                self._held_bytes += sum(len(r) for r in refused)
+                self._next_held_try = time.monotonic() + RETRY_HELD
+                break
+        self._maybe_fsync()
+        return written
+
+    def _hold(self, records: list[bytes], exc: OSError | None) -> None:
+        """Keep records the disk refused, in order, within memory_bytes; count what overflows."""
+        if exc is not None:
+            self._held_cause = self._note_disk_error(exc)
+            self._next_held_try = time.monotonic() + RETRY_HELD
+        overflow = 0
+        for rec in records:
+            if self._held_bytes + len(rec) > self.memory_bytes:
+                overflow += 1  # the newest go: the held ones are older and not yet seen by anyone
+                continue
+            self._held.append(rec)
+            self._held_bytes += len(rec)
+            self.held_total += 1
+        self.held_peak = max(self.held_peak, len(self._held))
+        if overflow:
+            self._count_lost(self._held_cause or "EIO", overflow)
+
+    def _drop_held(self, count: int) -> None:
+        for _ in range(count):
+            self._held_bytes -= len(self._held.popleft())
+        self._count_lost(self._held_cause or "EIO", count)
+
+    def _store(self, records: list[bytes]) -> tuple[int, list[bytes], OSError | None]:
+        """Write framed records in order until the disk refuses one.
+        Returns (records stored, records from the first refused one on, the error)."""
         stored = 0
         chunk: list[bytes] = []
         chunk_len = 0
         used = self.disk_bytes()
         seg = self._segments[-1] if self._segments else None
-        seg_size = self._sizes.get(seg, 0) if seg is not None else 0
-        for payload in payloads:
-            rec = frame(payload)
+        for i, rec in enumerate(records):
             if used + len(rec) > self.max_bytes:
                 self.dropped_full += 1
                 continue
-            full = seg_size + chunk_len > 0 and seg_size + chunk_len + len(rec) > self.segment_bytes
-            if seg is None or full or (self._rotate_requested and seg_size + chunk_len > 0):
+            fill = (self._sizes[seg] if seg is not None else 0) + chunk_len
+            full = fill > 0 and fill + len(rec) > self.segment_bytes
+            # a segment the disk filled is left for a new one, so its delivered part can be deleted
+            rotate = self._rotate_requested and seg is not None and self._sizes[seg] > 0
+            if seg is None or full or rotate:
                 if chunk:
-                    stored += self._write(chunk)
+                    exc = self._write(chunk)
+                    if exc is not None:
+                        return stored, chunk + records[i:], exc
+                    stored += len(chunk)
                     chunk, chunk_len = [], 0
-                if seg is not None and self._sizes.get(seg) == 0:
-                    # still empty (its writes failed on a full disk): keep using it
-                    # rather than leaving a trail of empty segments
-                    seg_size = 0
-                    chunk.append(rec)
-                    chunk_len += len(rec)
-                    used += len(rec)
-                    continue
                 try:
                     seg = self._new_segment()
                 except OSError as exc:
-                    # no new segment (disk full, read-only): this record is lost,
-                    # later ones try again (space may come back within the batch)
-                    self._lost_to(exc, 1)
-                    seg = None
-                    used = self.disk_bytes()
-                    continue
+                    return stored, records[i:], exc
                 self._rotate_requested = False
-                seg_size = self._sizes[seg]
             chunk.append(rec)
             chunk_len += len(rec)
             used += len(rec)
         if chunk:
-            stored += self._write(chunk)
-        self.backlog += stored
-        self._maybe_fsync()
-        return stored
+            exc = self._write(chunk)
+            if exc is not None:
+                return stored, chunk, exc
+            stored += len(chunk)
+        return stored, [], None
 
-    def _write(self, records: list[bytes]) -> int:
-        """One write() for a run of records into the last segment."""
+    def _write(self, records: list[bytes]) -> OSError | None:
+        """One write() for a run of records into the last segment; the error if it failed."""
         index = self._segments[-1]
         data = b"".join(records)
         try:
@@ -337,17 +417,16 @@ class Spool:
         if failure is not None:
             # Disk full or I/O error: cut whatever partial record got out so
             # the segment stays a clean sequence of whole records.
-            self._lost_to(failure, len(records))
             self._rotate_requested = True
             if self._write_fd >= 0:
                 try:
                     os.ftruncate(self._write_fd, self._sizes[index])
                 except OSError:
                     pass
-            return 0
+            return failure
         self._sizes[index] += written
         self._dirty = True
-        return len(records)
+        return None
 
     def _new_segment(self) -> int:
         """Start the next segment; OSError if it cannot be created (nothing changed then)."""
@@ -387,8 +466,7 @@ class Spool:
         self.last_disk_error = f"{cause}: {exc.strerror or exc}"
         return cause
 
-    def _lost_to(self, exc: OSError, records: int) -> None:
-        cause = self._note_disk_error(exc)
+    def _count_lost(self, cause: str, records: int) -> None:
         self.dropped_error += records
         self.error_causes[cause] = self.error_causes.get(cause, 0) + records
 
@@ -512,7 +590,9 @@ class Spool:
         self._read = self._commit
 
     def unread(self) -> bool:
-        """True if there are records after the read position."""
+        """True if there are records after the read position (or held, waiting for the disk)."""
+        if self._held:
+            return True
         pos = self._read
         if pos.segment in self._sizes and pos.offset < self._sizes[pos.segment]:
             return True

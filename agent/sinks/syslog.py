@@ -36,8 +36,9 @@ nothing.
 
 Losses are counted by place: "sink" when the in-memory buffer in front of
 the spool is full, "spool" when the spool is at spool_max_bytes (new events
-are dropped, the oldest are kept because the SIEM has not seen them yet)
-or a damaged record had to be skipped.
+are dropped, the oldest are kept because the SIEM has not seen them yet),
+a damaged record had to be skipped, or the spool's disk refused writes for
+longer than `spool_memory_bytes` of events could wait in memory.
 """
 
 import errno
@@ -538,7 +539,8 @@ class SyslogSink(Sink):
         self.capacity = cfg.get("buffer_events", 20000)
         self.resend_window = cfg["resend_window"]
         self.connect_timeout = cfg["connect_timeout"]
-        self.spool = Spool(cfg["spool_dir"], cfg["spool_max_bytes"], fsync_interval=cfg["spool_fsync_interval"])
+        self.spool = Spool(cfg["spool_dir"], cfg["spool_max_bytes"], fsync_interval=cfg["spool_fsync_interval"],
+                           memory_bytes=cfg["spool_memory_bytes"])
         self.backoff = Backoff(cfg["reconnect_min"], cfg["reconnect_max"])
         self._ctx: ssl.SSLContext | None = None
         self._queue: deque = deque()
@@ -572,6 +574,7 @@ class SyslogSink(Sink):
         self._last_reason_time = 0.0
         self._hostname = socket.gethostname()
         self._disk_said_at = float("-inf")
+        self._holding = False
         self._disk_lost_unsaid = 0
         self._pid = os.getpid()
         # counters
@@ -581,6 +584,7 @@ class SyslogSink(Sink):
         self.sent = 0  # records written to a connection (resends included)
         self.resent = 0  # records sent more than once because a connection broke
         self.connects = 0
+        self.connect_failures = 0  # connection attempts that failed (refused, TLS, timeout)
         self.last_error: str | None = None
         self.last_error_time: float | None = None
 
@@ -713,9 +717,11 @@ class SyslogSink(Sink):
             "address": self.address,
             "connected": self._conn is not None,
             "buffered": len(self._queue),
-            "spooled": self.spool.backlog,
+            "spooled": self.spool.backlog + self.spool.held,
+            "spool_held": self.spool.held,
             "delivered": self.delivered,
             "resent": self.resent,
+            "connect_failures": self.connect_failures,
             "lost": self.losses(),
             "lost_causes": {"spool": self.spool.loss_causes()},
             "healthy": self._conn is not None,
@@ -844,12 +850,29 @@ class SyslogSink(Sink):
             self.spool.append(batch)
             if self.spool.dropped_error != before:
                 self._disk_trouble(self.spool.dropped_error - before)
+        if self.spool.held:
+            self.spool.retry()  # the disk may take them again (space freed by delivery or by someone)
+        self._say_holding()
+
+    def _say_holding(self) -> None:
+        """Say when events start waiting in memory for the spool's disk, and when they are written."""
+        held = self.spool.held
+        if held and not self._holding:
+            self._holding = True
+            self._note(f"spool {self.cfg['spool_dir']}: cannot write ({self.spool.last_disk_error}); holding events "
+                       f"in memory (up to {self.cfg['spool_memory_bytes'] // 2**20} MiB, beyond that they are "
+                       "counted lost at 'spool') until the disk takes writes again", level=4)
+        elif not held and self._holding:
+            self._holding = False
+            self._note(f"spool {self.cfg['spool_dir']}: the disk takes writes again; the events held in memory "
+                       f"are spooled ({self.spool.held_peak} at most at once)", level=5)
 
     def _connect(self) -> None:
         try:
             conn = open_connection(self.host, self.port, self._ctx, self.server_name, self.connect_timeout, self._stop)
         except DeliveryError as exc:
             if not self._stop.is_set():
+                self.connect_failures += 1
                 self._schedule_retry()
                 self._failed(str(exc))
             return
@@ -1007,6 +1030,7 @@ class SyslogSink(Sink):
         self._spool_queue()
         try:
             while self._conn is not None and time.monotonic() < deadline:
+                self.spool.retry()
                 self._conn.pump()
                 self._send_ahead()
                 self._conn.flush()
@@ -1026,7 +1050,12 @@ class SyslogSink(Sink):
         self._acked.clear()
         self._unconfirmed = 0
         self.spool.rewind()
+        lost_before = self.spool.dropped_error
         self.spool.close()
+        if self.spool.dropped_error > lost_before:
+            self._note(f"spool {self.cfg['spool_dir']}: {self.spool.dropped_error - lost_before} events held in "
+                       f"memory were lost at exit: the disk still refuses writes ({self.spool.last_disk_error}); "
+                       "counted at 'spool'", level=3)
         waiting = self.spool.backlog
         if waiting:
             self._note(f"{waiting} events stay in the spool {self.cfg['spool_dir']} for the next start")

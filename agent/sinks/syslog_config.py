@@ -24,6 +24,9 @@ SCHEMA = {
     # disk spool used while the collector is unreachable
     "spool_dir": ("str", "/var/lib/netagent/spool"),
     "spool_max_bytes": ("size", 256 * 2**20),
+    # events held in memory while the spool's disk refuses writes (full, I/O error), written
+    # out in order once it takes them again; only what exceeds this is lost (counted)
+    "spool_memory_bytes": ("size", 16 * 2**20),
     # reconnect backoff bounds
     "reconnect_min": ("duration", 0.5, positive),
     "reconnect_max": ("duration", 30.0, positive),

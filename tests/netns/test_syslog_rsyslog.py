@@ -14,6 +14,7 @@ outage may arrive twice, and a SIEM drops repeats by (PROCID, sequence); the
 tests do the same and bound the number of repeats.
 """
 
+import json
 import os
 import re
 import shutil
@@ -60,12 +61,16 @@ def dropping_ns(netns_factory):
     sender.wait(5)
 
 
-def write_config(tmp_path, ns, address, ca_file, name="netagent.toml", **syslog):
+def write_config(tmp_path, ns, address, ca_file, name="netagent.toml", events_file=None, **syslog):
+    """events_file: also write every event there (a file sink), to watch heartbeats
+    while the collector receives nothing."""
     table = {
         "type": "syslog", "address": address, "ca_file": ca_file, "spool_dir": str(tmp_path / "spool"),
         "reconnect_min": "100ms", "reconnect_max": "1s", **syslog,
     }
     sinks = "[[sinks]]\n" + "".join(f'{k} = "{v}"\n' for k, v in table.items())
+    if events_file:
+        sinks += f'[[sinks]]\ntype = "file"\npath = "{events_file}"\n'
     text = f"""
 [agent]
 heartbeat = "2s"
@@ -141,6 +146,22 @@ def spool_causes(rs) -> list[dict]:
     """The syslog sink's spool losses by cause, as each heartbeat that arrived said them."""
     return [s["lost_causes"]["spool"] for _, e in received(rs) if e["event"]["action"] == "heartbeat"
             for s in e["netagent"]["agent"]["sinks"] if s["type"] == "syslog"]
+
+
+def syslog_connect_failures(events_file) -> int:
+    """The syslog sink's failed connection attempts, from the last heartbeat in the file sink's output."""
+    try:
+        lines = events_file.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines):
+        if '"heartbeat"' in line:
+            try:
+                sinks = json.loads(line)["netagent"]["agent"]["sinks"]
+            except ValueError:
+                continue  # the line being written right now
+            return next((s["connect_failures"] for s in sinks if s["type"] == "syslog"), 0)
+    return 0
 
 
 def drops_received(rs):
@@ -245,11 +266,14 @@ def test_agent_killed_9_while_collector_down_keeps_its_spool(tmp_path, rsyslog, 
 
 def test_wrong_ca_refused_said_once_spooled_then_delivered(tmp_path, rsyslog, dropping_ns, certs):
     wrong_ca, _ = make_ca(str(tmp_path), "wrong", "a CA the collector does not use")
-    config = write_config(tmp_path, dropping_ns, rsyslog.address, wrong_ca)
+    events_file = tmp_path / "events.json"
+    config = write_config(tmp_path, dropping_ns, rsyslog.address, wrong_ca, events_file=str(events_file))
     agent = start_agent(config)
     try:
         line = wait_said(agent, "certificate verification failed")
-        time.sleep(3)  # several reconnect attempts (backoff capped at 1s)
+        # several reconnect attempts failed (backoff capped at 1s), as a heartbeat counts them
+        assert wait_until(lambda: syslog_connect_failures(events_file) >= 3, timeout=60), \
+            syslog_connect_failures(events_file)
         assert agent.proc.poll() is None, "the agent must keep running"
     finally:
         emitted = stop_agent(agent)
@@ -313,19 +337,22 @@ def test_rsyslog_lab_leaves_no_process_behind(tmp_path, certs):
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
 
-def test_full_spool_disk_while_collector_down_counts_losses_and_resumes(tmp_path, rsyslog, dropping_ns, certs):
+@pytest.mark.parametrize("memory", [None, "2KiB"], ids=["held-in-memory", "memory-bound-overflows"])
+def test_full_spool_disk_while_collector_down_holds_events_and_resumes(tmp_path, rsyslog, dropping_ns, certs, memory):
     """The spool lives on a small tmpfs that fills up (ENOSPC) while rsyslog is down.
-    Events that cannot be spooled are counted as `spool` losses with the cause;
-    when the collector comes back (disk still full: even the cursor cannot be
-    written) and then the space returns, delivery resumes by itself, and every
-    event either reached rsyslog or is counted: the missing sequence numbers
-    are exactly the counted spool losses."""
+    Events the disk refuses wait in memory (spool_memory_bytes) and are spooled once
+    the disk takes writes again: with the default bound nothing is lost. With a bound
+    too small for the outage, what overflows is counted as `spool` losses with the
+    cause. Either way, when the collector comes back (disk still full: even the cursor
+    cannot be written) and then the space returns, delivery resumes by itself, and the
+    sequence numbers missing at rsyslog are exactly the counted spool losses."""
     disk = tmp_path / "spooldisk"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(disk)], check=True)
+    extra = {"spool_memory_bytes": memory} if memory else {}
     try:
         config = write_config(tmp_path, dropping_ns, rsyslog.address, certs.ca,
-                              spool_dir=str(disk / "spool"), spool_max_bytes="64MB")
+                              spool_dir=str(disk / "spool"), spool_max_bytes="64MB", **extra)
         agent = start_agent(config)
         try:
             wait_said(agent, "connected (TLS")
@@ -333,17 +360,21 @@ def test_full_spool_disk_while_collector_down_counts_losses_and_resumes(tmp_path
             rsyslog.stop()
             wait_said(agent, "cannot deliver")
             fill_filesystem(disk / "filler")  # the disk is full now: the spool gets ENOSPC
-            line = wait_said(agent, "cannot write (ENOSPC", timeout=30)
-            assert "counted at 'spool'" in line
+            line = wait_said(agent, "holding events in memory", timeout=30)
+            assert "cannot write (ENOSPC" in line
+            if memory:
+                assert "counted at 'spool'" in wait_said(agent, "events lost (counted at 'spool'", timeout=30)
             rsyslog.start()  # the collector is back while the disk is still full
             wait_said(agent, "spooled events first, in order", timeout=30)
             os.unlink(disk / "filler")  # and the space returns
             mark = drops_received(rsyslog)
             assert wait_until(lambda: drops_received(rsyslog) >= mark + 50, timeout=30), \
                 "delivery goes on once the space is back"
-            # the next heartbeat (2 s interval) says why: spool losses by cause
-            assert wait_until(lambda: any(c.get("ENOSPC", 0) > 0 for c in spool_causes(rsyslog)), timeout=60), \
-                spool_causes(rsyslog)
+            wait_said(agent, "the disk takes writes again", timeout=30)
+            if memory:
+                # the next heartbeat (2 s interval) says why: spool losses by cause
+                assert wait_until(lambda: any(c.get("ENOSPC", 0) > 0 for c in spool_causes(rsyslog)),
+                                  timeout=60), spool_causes(rsyslog)
             assert agent.proc.poll() is None
         finally:
             code, _ = agent.stop(timeout=20)
@@ -354,16 +385,19 @@ def test_full_spool_disk_while_collector_down_counts_losses_and_resumes(tmp_path
     m = re.search(r"stopped \(SIGTERM\): (\d+) events emitted, lost: kernel 0, queue 0, sink 0, spool (\d+)", msgs)
     assert m, msgs
     emitted, lost_spool = int(m.group(1)), int(m.group(2))
-    assert lost_spool > 0, "the full disk cost events, and they are counted"
+    if memory:
+        assert lost_spool > 0, "a bound too small for the outage cost events, and they are counted"
+    else:
+        assert lost_spool == 0, "the events waited in memory while the disk was full: none lost"
     assert "watchdog" not in msgs, "no thread failed"
     events = [e for _, e in received(rsyslog)]
     got = {e["event"]["sequence"] for e in events}
     missing = set(range(1, emitted + 1)) - got
     assert len(missing) == lost_spool, "every event is delivered or counted as a spool loss, exactly"
     assert got <= set(range(1, emitted + 1))
-    # the heartbeats said why: spool losses by cause, in the sink's status
-    causes = spool_causes(rsyslog)
-    assert any(c.get("ENOSPC", 0) > 0 for c in causes), causes
     stopped = next(e for e in events if e["event"]["action"] == "agent-stopped")
     assert stopped["netagent"]["agent"]["lost"]["spool"] == lost_spool
-
+    if memory:
+        # the heartbeats said why: spool losses by cause, in the sink's status
+        causes = spool_causes(rsyslog)
+        assert any(c.get("ENOSPC", 0) > 0 for c in causes), causes

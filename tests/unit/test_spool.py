@@ -332,3 +332,66 @@ def test_delivered_records_free_space_on_a_disk_smaller_than_a_default_segment(s
         assert read_all(sp) == batch
     assert sp.losses() == 0
     sp.close()
+
+
+def test_full_disk_holds_records_in_memory_and_writes_them_in_order_when_space_returns(small_tmpfs, monkeypatch):
+    """memory_bytes set (the syslog sink's spool_memory_bytes): what the full disk refuses
+    waits in memory, newer records wait behind it, and once space comes back all of them
+    reach the disk in order; none is lost. Only what overflows the bound is counted."""
+    import netagent.spool as spool_mod
+
+    monkeypatch.setattr(spool_mod, "RETRY_HELD", 0.0)  # every append tries the disk again
+    sp = Spool(str(small_tmpfs / "spool"), 10 << 20, segment_bytes=8192, memory_bytes=200 * 100).open()
+    sp.append(payloads(10, size=60))
+    read_all(sp)
+    fill_filesystem(small_tmpfs / "filler")
+    data = payloads(150, start=100, size=60)
+    # (what still fits in the segment's last, partly used page goes to disk)
+    on_disk = sp.append(data[:100])
+    assert sp.held == 100 - on_disk > 0 and sp.losses() == 0 and sp.unread()
+    assert len(sp.read()) == on_disk, "held records are not readable before they are on disk"
+    # the bound (200 records of ~70 bytes here, 20000 bytes) is not reached: still no loss
+    assert sp.append(data[100:]) == 0 and sp.held == 150 - on_disk and sp.losses() == 0
+    os.unlink(small_tmpfs / "filler")  # space comes back
+    later = payloads(5, start=900, size=60)
+    assert sp.append(later) == 155 - on_disk, "the held records go first, then the new ones"
+    assert sp.held == 0 and sp.losses() == 0 and sp.held_peak == 150 - on_disk
+    sp.rewind()
+    assert read_all(sp) == data + later, "every record, in order"
+    # overflow: only what does not fit in memory_bytes is lost, counted by cause
+    fill_filesystem(small_tmpfs / "filler")
+    many = payloads(400, start=2000, size=60)
+    on_disk = sp.append(many)
+    assert on_disk + sp.held + sp.dropped_error == 400 and 0 < sp.held < 300
+    assert sp.loss_causes() == {"ENOSPC": sp.dropped_error}
+    kept = many[:on_disk + sp.held]
+    os.unlink(small_tmpfs / "filler")
+    assert sp.retry() == len(kept) - on_disk
+    assert read_all(sp) == kept, "the oldest are kept, the newest overflow"
+    # still held at close on a full disk: lost and counted, not silently forgotten
+    fill_filesystem(small_tmpfs / "filler")
+    lost_before = sp.dropped_error
+    held = 20 - sp.append(payloads(20, start=5000, size=60))
+    assert held > 0 and sp.held == held
+    sp.close()
+    assert sp.dropped_error == lost_before + held
+
+
+def test_retry_is_rate_limited_while_the_disk_refuses(small_tmpfs, monkeypatch):
+    import netagent.spool as spool_mod
+
+    sp = Spool(str(small_tmpfs / "spool"), 10 << 20, segment_bytes=8192, memory_bytes=1 << 20).open()
+    fill_filesystem(small_tmpfs / "filler")
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(spool_mod.os, "write", lambda fd, data: (writes.append(1), real_write(fd, data))[1])
+    on_disk = 0
+    while not sp.held:
+        on_disk += sp.append(payloads(10))
+    tries = len(writes)
+    for _ in range(50):
+        sp.append(payloads(1))
+        sp.retry()
+    assert len(writes) - tries <= 2, "a refused disk is not hammered: one try per RETRY_HELD"
+    assert sp.held > 50
+    sp.close()
