@@ -11,7 +11,8 @@ the fields each producer documents:
                     node-counters:  netagent.host.{cpu, softnet} - the end of a sample:
                                     the rules run then
   netagent.overlay  interface-seen/-changed/-removed: netagent.overlay.{interface, netns}
-  netagent.drops    event.reason, netagent.drop.{count, interface, netns, netns_name}, destination.port
+  netagent.drops    event.reason, netagent.drop.{count, interface, netns, netns_name, location},
+                    destination.port, network.transport (merged per second: _remember_drop)
   netagent.conntrack  event.action table-full / insert-failed,
                     netagent.conntrack.{netns, netns_name, entries, max, fill_ratio, deltas}
   netagent.dns      netagent.dns.timeouts, dns.question.name, netagent.dns.netns (the namespace's name)
@@ -75,13 +76,25 @@ def _netns_inode_by_name(name: str, known: dict[int, str]) -> int | None:
     return ns.inode
 
 
+# A drop record keeps this many of its flows' destination ports, the lowest: the rules quote
+# the lowest ten of a window, and those are among the lowest ten of each record.
+DROP_RECORD_PORTS = 10
+
+
 def drop_record(event: dict) -> dict:
     drop = _get(event, "netagent", "drop", default={})
+    port = _get(event, "destination", "port")
     return {"count": int(drop.get("count") or 1), "reason": _get(event, "event", "reason") or "UNKNOWN",
             "interface": drop.get("interface"), "netns": _inode(drop.get("netns")),
             "netns_name": drop.get("netns_name"), "location": drop.get("location"),
-            "destination_port": _get(event, "destination", "port"),
+            "destination_ports": [port] if port else [],
             "transport": _get(event, "network", "transport")}
+
+
+def _drop_record_key(record: dict) -> tuple:
+    """What two drop records of the same second must share to be merged into one."""
+    return (record["reason"], record["interface"], record["netns"], record["netns_name"], record["location"],
+            record["transport"])
 
 
 def conntrack_record(event: dict) -> dict:
@@ -132,6 +145,9 @@ class Correlator:
         self._recent: dict[str, collections.deque] = {
             k: collections.deque() for k in ("drops", "conntrack", "dns", "mtu")}
         self._kube_proxy: dict | None = None
+        # this second's drop records by _drop_record_key (they are also in _recent["drops"])
+        self._drop_second: int | None = None
+        self._drop_merged: dict[tuple, dict] = {}
         self.evaluations = 0
         self.errors: list[str] = []  # rule failures (bugs), kept for the agent's status
         self.rule_errors = 0
@@ -159,7 +175,7 @@ class Correlator:
         dataset, action = ev.get("dataset"), ev.get("action")
         now = self.clock()
         if dataset == "netagent.drops":
-            self._remember("drops", now, drop_record(event))
+            self._remember_drop(now, drop_record(event))
         elif dataset == "netagent.conntrack" and action in ("table-full", "insert-failed"):
             self._remember("conntrack", now, conntrack_record(event))
         elif dataset == "netagent.dns":
@@ -201,6 +217,29 @@ class Correlator:
         while len(queue) > self.max_records:
             queue.popleft()
             self.records_evicted += 1
+            if kind == "drops":
+                self._drop_merged = {}  # never merge into a record already evicted
+
+    def _remember_drop(self, now: float, record: dict) -> None:
+        """Drops of one second that differ only in their flow (addresses, ports) become one
+        record: a storm of many flows is one record per reason and place a second, not one
+        per flow (counts add up; the lowest destination ports are kept)."""
+        second = int(now)
+        if self._drop_second != second:
+            self._drop_second, self._drop_merged = second, {}
+        key = _drop_record_key(record)
+        merged = self._drop_merged.get(key)
+        if merged is None:
+            self._drop_merged[key] = record
+            self._remember("drops", now, record)
+            return
+        merged["count"] += record["count"]
+        if record["destination_ports"]:
+            ports = merged["destination_ports"]
+            ports.extend(p for p in record["destination_ports"] if p not in ports)
+            if len(ports) > DROP_RECORD_PORTS:
+                ports.sort()
+                del ports[DROP_RECORD_PORTS:]
 
     @staticmethod
     def _forget_before(queue: collections.deque, horizon: float) -> None:

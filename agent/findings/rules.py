@@ -390,7 +390,7 @@ def udp_rcvbuf(ctx: Context, cfg: RuleConfig) -> list[Finding]:
                 evidence[key] = sysctls[key]
         if drops:
             evidence["drop_reasons"] = _by_reason(drops)
-            ports = sorted({d.get("destination_port") for d in drops if d.get("destination_port")})
+            ports = sorted({p for d in drops for p in d.get("destination_ports") or [d.get("destination_port")] if p})
             if ports:
                 evidence["drop_destination_ports"] = ports[:10]
         who = ""
