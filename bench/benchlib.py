@@ -60,11 +60,12 @@ def rounded(d: dict, digits: int = 3) -> dict:
     return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in d.items()}
 
 
-def write_result(name: str, result: dict) -> str:
-    os.makedirs(RESULTS, exist_ok=True)
+def write_result(name: str, result: dict, path: str | None = None) -> str:
+    """bench/results/<name>.json (or `path`), stamped with time, kernel and CPU count."""
     result = dict(result, written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   kernel=os.uname().release, cpus=os.cpu_count())
-    path = os.path.join(RESULTS, f"{name}.json")
+    path = path or os.path.join(RESULTS, f"{name}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
     os.replace(path + ".tmp", path)

@@ -11,8 +11,19 @@ counts are checked against the kernel's Udp NoPorts every round.
 
 Target (issue 12): netagent on its default path <= 0.8 x bpftrace.
 Writes bench/results/drop_cost.json.
+
+    drop_cost_bench.py [--paths all|VARIANT,...] [--json-out FILE]
+
+--paths: the variants to run, from bpftrace, tp_btf, raw_tracepoint,
+tracepoint and kprobe (default: bpftrace and the three tracepoint paths, the
+set drop_cost.json holds). `all` is every attach path this kernel has, plus
+bpftrace if it attaches here; the others are listed under "unavailable" with
+the reason. --json-out writes the result there instead (bench/vm_drop_cost_bench.py
+runs this inside VMs with both). Exit codes: 2 usage, 69 a variant named in
+--paths is unavailable on this kernel.
 """
 
+import argparse
 import os
 import signal
 import subprocess
@@ -24,12 +35,20 @@ from benchlib import ROUNDS, BpfStats, build_flood, flood, noports, rounded, spr
 from lab import Namespace  # noqa: E402 (tests/ on sys.path via benchlib)
 from netagent import bpfsys  # noqa: E402
 from netagent.bpfinfo import prog_stats  # noqa: E402
+from netagent.errors import ProbeUnavailable  # noqa: E402
 from netagent.probes.drops import DropSensor  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
 BPFTRACE = "tracepoint:skb:kfree_skb { @[args->reason] = count(); }"
 NETAGENT_PATHS = ("tp_btf", "raw_tracepoint", "tracepoint")
+ALL_NETAGENT_PATHS = NETAGENT_PATHS + ("kprobe",)
+DEFAULT_VARIANTS = ("bpftrace",) + NETAGENT_PATHS
 TARGET_RATIO = 0.8
+EX_USAGE, EX_UNAVAILABLE = 2, 69
+
+
+class Unavailable(Exception):
+    """A variant this kernel (or this machine) cannot run; the message says why."""
 
 
 def measure(prog_fd: int, ns, binary: str) -> dict:
@@ -45,7 +64,10 @@ def measure(prog_fd: int, ns, binary: str) -> dict:
 def round_netagent(path: str, ns, binary: str) -> dict:
     sensor = DropSensor(attach=path)
     t0 = time.monotonic()
-    sensor.attach()
+    try:
+        sensor.attach()
+    except ProbeUnavailable as exc:
+        raise Unavailable(str(exc)) from exc
     attach_s = time.monotonic() - t0
     try:
         out = measure(sensor.prog_fd, ns, binary)
@@ -69,7 +91,7 @@ def round_bpftrace(ns, binary: str) -> dict:
             if "Attaching" in line or len(seen) > 20:
                 break
         if not seen or "Attaching" not in seen[-1]:
-            raise RuntimeError(f"bpftrace did not attach: {' | '.join(seen)}")
+            raise Unavailable(f"bpftrace did not attach: {' | '.join(seen)}")
         fds = []
         deadline = time.monotonic() + 10
         while not fds and time.monotonic() < deadline:
@@ -95,43 +117,109 @@ def round_bpftrace(ns, binary: str) -> dict:
             proc.communicate()
 
 
-def main() -> int:
-    if subprocess.run(["which", "bpftrace"], capture_output=True).returncode != 0:
-        print("drop_cost_bench: bpftrace not installed (make setup installs it)", file=sys.stderr)
-        return 1
+def parse_args(argv) -> argparse.Namespace:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            print(f"drop_cost_bench: {message}", file=sys.stderr)
+            sys.exit(EX_USAGE)
+
+    p = Parser(prog="drop_cost_bench.py")
+    p.add_argument("--paths", default=",".join(DEFAULT_VARIANTS),
+                   help="all, or a comma list of: bpftrace, " + ", ".join(ALL_NETAGENT_PATHS))
+    p.add_argument("--json-out", metavar="FILE", help="write the result here instead of bench/results/drop_cost.json")
+    args = p.parse_args(argv)
+    if args.paths == "all":
+        args.variants, args.required = ("bpftrace",) + ALL_NETAGENT_PATHS, False
+    else:
+        args.variants, args.required = tuple(v.strip() for v in args.paths.split(",") if v.strip()), True
+        unknown = [v for v in args.variants if v not in DEFAULT_VARIANTS + ALL_NETAGENT_PATHS]
+        if unknown or not args.variants:
+            p.error(f"--paths {args.paths!r}: choose all or from bpftrace, {', '.join(ALL_NETAGENT_PATHS)}")
+    return args
+
+
+def run_variant(variant: str, ns, binary: str) -> dict:
+    if variant == "bpftrace":
+        return round_bpftrace(ns, binary)
+    return round_netagent(variant, ns, binary)
+
+
+def label(variant: str) -> str:
+    return variant if variant == "bpftrace" else f"netagent {variant}"
+
+
+def per_round_ratios(rounds: dict[str, list[dict]], reference: str) -> dict:
+    """Each variant's ns per drop over `reference`'s in the same round: noise common to a round cancels."""
+    return {v: rounded(spread(a["ns_per_drop"] / b["ns_per_drop"] for a, b in zip(rs, rounds[reference])), 3)
+            for v, rs in rounds.items() if v != reference}
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    unavailable: dict[str, str] = {}
+    variants = [label(v) for v in args.variants]
+    if "bpftrace" in args.variants and subprocess.run(["which", "bpftrace"], capture_output=True).returncode != 0:
+        if args.required:
+            print("drop_cost_bench: bpftrace not installed (make setup installs it)", file=sys.stderr)
+            return EX_UNAVAILABLE
+        unavailable["bpftrace"] = "bpftrace not installed"
+        variants.remove("bpftrace")
     binary = build_flood()
     ns = Namespace()
-    variants = ["bpftrace"] + [f"netagent {p}" for p in NETAGENT_PATHS]
     rounds: dict[str, list[dict]] = {v: [] for v in variants}
     try:
         with BpfStats():
             for i in range(ROUNDS):
                 order = variants[i % len(variants):] + variants[:i % len(variants)]
                 for v in order:
-                    r = round_bpftrace(ns, binary) if v == "bpftrace" else round_netagent(v.split()[1], ns, binary)
+                    try:
+                        r = run_variant(v.split()[-1], ns, binary)
+                    except Unavailable as exc:
+                        # Only the first round may find a variant missing; later it is a failure.
+                        if args.required or i > 0:
+                            print(f"drop_cost_bench: {v}: {exc}", file=sys.stderr)
+                            return EX_UNAVAILABLE
+                        print(f"round {i} {v}: unavailable here: {exc}", flush=True)
+                        unavailable[v] = str(exc)
+                        continue
                     r["round"], r["t"] = i, time.time()
                     rounds[v].append(r)
                     print(f"round {i} {v}: {r['ns_per_drop']:.0f} ns/drop over {r['runs']} runs"
                           + (f", exact={r['exact']}" if "exact" in r else ""), flush=True)
+                if i == 0:
+                    variants = [v for v in variants if v not in unavailable]
+                    rounds = {v: rs for v, rs in rounds.items() if v not in unavailable}
     finally:
         ns.delete()
+    if not any(v != "bpftrace" for v in rounds):
+        print(f"drop_cost_bench: no netagent attach path ran here: {unavailable}", file=sys.stderr)
+        return EX_UNAVAILABLE
     cost = {v: rounded(spread(r["ns_per_drop"] for r in rs), 1) for v, rs in rounds.items()}
-    # Per-round ratio against bpftrace of the same round: noise common to a round cancels.
-    ratios = {v: rounded(spread(a["ns_per_drop"] / b["ns_per_drop"] for a, b in zip(rs, rounds["bpftrace"])), 3)
-              for v, rs in rounds.items() if v != "bpftrace"}
-    default = "netagent " + NETAGENT_PATHS[0]
+    fastest = min((v for v in cost if v != "bpftrace"), key=lambda v: cost[v]["median"])
+    ratios_fastest = per_round_ratios(rounds, fastest)
+    ratios_fastest[fastest] = rounded(spread([1.0] * ROUNDS), 3)
     result = {
         "benchmark": "kernel ns per kfree_skb drop (run_time_ns/run_cnt), UDP flood to 127.0.0.1:9 in a namespace",
         "reference": f"bpftrace -e '{BPFTRACE}'",
         "rounds": ROUNDS, "seconds_per_round": SECONDS,
+        "attach_paths": {v: rs[0]["attach_path"] for v, rs in rounds.items() if v != "bpftrace"},
+        "unavailable": unavailable,
         "ns_per_drop": cost,
-        "ratio_to_bpftrace": ratios,
+        "fastest_netagent_path": fastest,
+        "ratio_to_fastest": {v: ratios_fastest[v] for v in cost if v != "bpftrace"},
         "exact_all_rounds": {v: all(r["exact"] for r in rs) for v, rs in rounds.items() if v != "bpftrace"},
-        "target": {"default_path": default, "ratio_to_bpftrace_max": TARGET_RATIO},
         "rounds_detail": rounds,
     }
-    result["target_met"] = (ratios[default]["median"] <= TARGET_RATIO and result["exact_all_rounds"][default])
-    write_result("drop_cost", result)
+    if os.environ.get("NETAGENT_VM"):
+        result["vm"] = {"series": os.environ["NETAGENT_VM"], "accelerator": os.environ.get("NETAGENT_VM_ACCEL")}
+    if "bpftrace" in rounds:
+        result["ratio_to_bpftrace"] = per_round_ratios(rounds, "bpftrace")
+        default = "netagent " + NETAGENT_PATHS[0]
+        if default in rounds:
+            result["target"] = {"default_path": default, "ratio_to_bpftrace_max": TARGET_RATIO}
+            result["target_met"] = (result["ratio_to_bpftrace"][default]["median"] <= TARGET_RATIO
+                                    and result["exact_all_rounds"][default])
+    write_result("drop_cost", result, path=args.json_out)
     return 0
 
 

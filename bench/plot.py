@@ -27,12 +27,38 @@ def load(name: str) -> dict | None:
         return None
 
 
+def plot_vm_ratios(ax, vm: dict) -> None:
+    """Per VM kernel, each attach path's ns per drop over the fastest path's (drop_cost_vm.json)."""
+    kernels = list(vm["kernels"].items())
+    paths = sorted({p for _, k in kernels for p in k["paths"] if p != "bpftrace"})
+    width = 0.8 / max(len(kernels), 1)
+    for i, (series, k) in enumerate(kernels):
+        xs, med, lo, hi = [], [], [], []
+        for j, p in enumerate(paths):
+            r = k["paths"].get(p, {}).get("ratio_to_fastest")
+            if r:
+                xs.append(j + i * width)
+                med.append(r["median"])
+                lo.append(r["median"] - r["min"])
+                hi.append(r["max"] - r["median"])
+        ax.bar(xs, med, width, yerr=[lo, hi], capsize=3, label=f"{k['kernel']} ({k['accelerator']})")
+    ax.set_xticks([j + width * (len(kernels) - 1) / 2 for j in range(len(paths))], paths)
+    ax.set_ylabel("ns per drop / fastest path's, same round")
+    ax.set_title("VM lab: cost per drop relative to the fastest path (median, min-max)")
+    ax.legend(loc="upper left", fontsize=8)
+
+
 def main() -> int:
     cost, rate = load("drop_cost"), load("drops")
     if cost is None and rate is None:
         print("plot: no drop_cost.json or drops.json to plot", file=sys.stderr)
         return 1
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    vm = load("drop_cost_vm")
+    if vm:
+        fig, (left, right, third) = plt.subplots(1, 3, figsize=(18, 4.5))
+        plot_vm_ratios(third, vm)
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     if cost:
         names = list(cost["ns_per_drop"])
         med = [cost["ns_per_drop"][n]["median"] for n in names]

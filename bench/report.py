@@ -26,6 +26,25 @@ def yes(flag) -> str:
     return "met" if flag else "**not met**"
 
 
+def vm_table(vm) -> list[str]:
+    """Cost per drop by attach path on each VM kernel (bench/vm_drop_cost_bench.py)."""
+    lines = ["", f"Cost per drop by attach path in the VM lab ({vm['written_at']}; {vm['caveat']}):", "",
+             "| kernel | path | ns per drop | × fastest path | × bpftrace | exact every round |", "|---|---|---|---|---|---|"]
+    for series, k in vm["kernels"].items():
+        for name, p in k["paths"].items():
+            if name == "bpftrace":
+                continue
+            to_bpftrace = mmm(p["ratio_to_bpftrace"], "{:.2f}") if "ratio_to_bpftrace" in p else "—"
+            lines.append(f"| {k['kernel']} ({k['accelerator']}, {k['rounds']} rounds) | {p['attach']} | "
+                         f"{mmm(p['ns_per_drop'])} | {mmm(p['ratio_to_fastest'], '{:.2f}')} | {to_bpftrace} | "
+                         f"{p['exact_all_rounds']} |")
+        if "bpftrace" in k["paths"]:
+            lines.append(f"| {k['kernel']} | bpftrace (reference) | {mmm(k['paths']['bpftrace']['ns_per_drop'])} | | | |")
+        for name, why in k["unavailable"].items():
+            lines.append(f"| {k['kernel']} | {name}: not measured | {why} | | | |")
+    return lines
+
+
 def main() -> int:
     rows = []
     cost, rate, storm, daemon = load("drop_cost"), load("drops"), load("storm"), load("daemon")
@@ -66,13 +85,18 @@ def main() -> int:
                      f"≤ 5 MB over 600 s {yes(t['growth'])}"))
         rows.append((f"idle CPU over {daemon['idle_seconds']:.0f} s", f"{daemon['idle']['cpu_fraction_of_core'] * 100:.2f} % "
                      "of a core", f"≤ 0.5 % over 300 s {yes(t['idle'])}"))
-    if not rows:
+    vm = load("drop_cost_vm")
+    if not rows and not vm:
         print("report: no results", file=sys.stderr)
         return 1
-    when = (cost or rate or storm or daemon)
-    lines = [f"Measured {when['written_at']} on kernel {when['kernel']}, {when['cpus']} CPUs "
-             "(median, min–max over the rounds):", "", "| figure | measured | target |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines = []
+    if rows:
+        when = (cost or rate or storm or daemon)
+        lines = [f"Measured {when['written_at']} on kernel {when['kernel']}, {when['cpus']} CPUs "
+                 "(median, min–max over the rounds):", "", "| figure | measured | target |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    if vm:
+        lines += vm_table(vm)
     text = "\n".join(lines) + "\n"
     with open(os.path.join(RESULTS, "performance.md"), "w") as f:
         f.write(text)
