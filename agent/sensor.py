@@ -62,3 +62,44 @@ class Sensor(abc.ABC):
     def __exit__(self, *exc):
         self.detach()
         return False
+
+
+class CounterHandover:
+    """Exact reload hand-over for a sensor that reports rises of kernel counters between polls.
+
+    On a reload the changed sensor's successor attaches before the predecessor detaches
+    (netagent.daemon SensorRunner), so for a while both read the same counters. The
+    successor starts in standby: its polls report nothing and leave its state alone.
+    After the predecessor's last poll, release_predecessor() makes the predecessor's last
+    readings the successor's baselines, so each rise is reported by exactly one of the
+    two, whatever the timing. A subclass calls _standby_for(predecessor) in attach() and
+    names in _adopt(predecessor) which readings it takes over.
+    """
+
+    supports_handover = True
+    _predecessor = None
+
+    def arm_handover(self) -> None:
+        """The predecessor goes on counting as before until its last poll."""
+
+    def disarm_handover(self) -> None:
+        """Nothing to undo: arming changed nothing."""
+
+    def retire(self) -> None:
+        """Its runner is paused: the last poll after this is its last reading."""
+
+    def _standby_for(self, predecessor) -> None:
+        self._predecessor = predecessor
+
+    @property
+    def in_standby(self) -> bool:
+        return self._predecessor is not None
+
+    def release_predecessor(self) -> None:
+        predecessor = self._predecessor
+        if predecessor is not None:
+            self._adopt(predecessor)
+        self._predecessor = None  # last: a concurrent poll sees standby or the adopted baselines
+
+    def _adopt(self, predecessor) -> None:
+        raise NotImplementedError

@@ -38,7 +38,7 @@ from netagent.events import new_event
 from netagent.kallsyms import Symbolizer
 from netagent.nodefacts import kprobes_unavailable_reason
 from netagent.privileges import effective_capabilities, require_bpf
-from netagent.sensor import Sensor, SensorStatus
+from netagent.sensor import CounterHandover, Sensor, SensorStatus
 from netagent.timefmt import MonotonicToWall, iso_timestamp
 
 WAITING = "waiting for nf_conntrack"
@@ -296,7 +296,7 @@ def render_flow(flow: MergedFlow, kind: int, *, netns_name: str | None, now: flo
 
 # --- the sensor ----------------------------------------------------------------------
 
-class ConntrackSensor(Sensor):
+class ConntrackSensor(CounterHandover, Sensor):
     name = "conntrack"
     dataset = DATASET
 
@@ -374,7 +374,11 @@ class ConntrackSensor(Sensor):
         details["per_packet"] = mode
         return SensorStatus(self.name, True, attach, reason, details)
 
-    def attach(self) -> str:
+    def attach(self, predecessor: "ConntrackSensor | None" = None) -> str:
+        """`predecessor`: the running conntrack sensor this one replaces (reload): this one
+        reports nothing until it takes over its baselines (CounterHandover)."""
+        if predecessor is not None:
+            self._standby_for(predecessor)
         if not os.path.exists(STAT_PATH) and module_state() == LOADABLE:
             # A freshly booted node: nothing loaded conntrack yet. Wait for it.
             self.waiting = True
@@ -453,6 +457,10 @@ class ConntrackSensor(Sensor):
         return [event]
 
     def poll(self) -> list[dict]:
+        if self.in_standby:
+            # the predecessor reports these counters and packets until it hands over
+            self._drain_per_packet(time.time())
+            return []
         events: list[dict] = []
         if self.waiting:
             events = self._finish_waiting()
@@ -495,6 +503,16 @@ class ConntrackSensor(Sensor):
 
     def detach(self) -> None:
         self._detach_per_packet()
+
+    def _adopt(self, predecessor: "ConntrackSensor") -> None:
+        """Count on from the predecessor's last readings in the namespaces both watch
+        (a namespace only this one watches keeps the baseline taken at attach)."""
+        if self.waiting or predecessor.waiting:
+            return
+        for inode, snap in list(predecessor._last.items()):
+            if inode in self._last:
+                self._last[inode] = snap
+                self._full[inode] = predecessor._full.get(inode, False)
 
     def _detach_per_packet(self) -> None:
         if self._bpf is not None:

@@ -1,0 +1,150 @@
+"""Reloads hand counting sensors over exactly: totals equal the kernel's counters.
+
+The agent runs as a subprocess (tests/agent_proc.py) with the conntrack sensor
+watching a namespace this test creates, where conntrack is active (an iptables
+conntrack rule) and a sender keeps making packets conntrack calls invalid (TCP
+with SYN and FIN set, which no connection can carry). SIGHUP with a changed
+conntrack interval restarts the sensor several times while the packets flow.
+The sum of the `invalid` rises the agent reported must equal the kernel's own
+counter rise (/proc/net/stat/nf_conntrack read inside the namespace by another
+process), exactly: nothing counted twice while the old and the new sensor
+overlap (netagent.sensor.CounterHandover), nothing missed in between.
+
+The drop sensor's own exact hand-over is tested in test_daemon_drops.py
+(Udp NoPorts across SIGHUP).
+"""
+
+import os
+import signal
+import sys
+import textwrap
+
+import orjson
+import pytest
+
+from agent_proc import AgentProcess
+from lab import veth_pair
+from netagent import registry
+from netagent.conntrack.stats import parse
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+
+INVALID_TCP = r"""
+import os, socket, struct, sys
+src, dst, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+def packet(sport):
+    hdr = struct.pack("!HHIIBBHHH", sport, 80, 1, 0, 5 << 4, 0x03, 65535, 0, 0)  # SYN|FIN
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(hdr))
+    return hdr[:16] + struct.pack("!H", checksum(pseudo + hdr)) + hdr[18:]
+packets = [packet(10000 + i) for i in range(256)]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+sent = 0
+while not os.path.exists(stop):
+    for p in packets:
+        s.sendto(p, (dst, 0))
+    sent += len(packets)
+print(sent)
+"""
+
+
+def invalid_count(ns) -> int:
+    return parse(ns.read_proc("net/stat/nf_conntrack")).total("invalid")
+
+
+def read_events(path):
+    try:
+        with open(path, "rb") as f:
+            return [orjson.loads(line) for line in f if line.endswith(b"\n")]
+    except FileNotFoundError:
+        return []
+
+
+def reported_invalid(path, inode: int) -> int:
+    return sum(e["netagent"]["conntrack"]["deltas"].get("invalid") or 0 for e in read_events(path)
+               if e["event"]["action"] == "counters" and e["netagent"]["conntrack"]["netns"] == inode)
+
+
+def conntrack_polls(path) -> int:
+    beats = [e for e in read_events(path) if e["event"]["action"] == "heartbeat"]
+    if not beats:
+        return 0
+    return next((s.get("polls", 0) for s in beats[-1]["netagent"]["agent"]["sensors"] if s["name"] == "conntrack"), 0)
+
+
+def write_config(path, events, netns: str, interval: str):
+    others = "".join(f"[sensors.{m.section}]\nenabled = false\n" for m in registry.load_modules()
+                     if m.loaded and m.section != "conntrack")
+    path.write_text(textwrap.dedent(f"""
+        [agent]
+        heartbeat = "500ms"
+        [sensors.conntrack]
+        netns = ["{netns}"]
+        interval = "{interval}"
+        per_packet = "off"
+        counters = "always"
+        [[sinks]]
+        type = "file"
+        path = "{events}"
+        """) + others)
+
+
+def wait_for(predicate, timeout, what):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_conntrack_counters_across_reloads_equal_the_kernels_exactly(netns_factory, tmp_path):
+    client, server = netns_factory(), netns_factory()
+    veth_pair(client, server, "10.76.0.1/24", "10.76.0.2/24")
+    server.run("iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "NEW,ESTABLISHED", "-j", "ACCEPT")
+    client.run("ping", "-c1", "-q", "-W", "2", "10.76.0.2")
+    config, events = tmp_path / "agent.toml", tmp_path / "events.json"
+    write_config(config, events, server.name, "250ms")
+    agent = AgentProcess("run", "--config", str(config))
+    stop_file = tmp_path / "stop"
+    sender = None
+    try:
+        agent.wait_for_stderr("started (pid", timeout=90)
+        # the agent's baseline is taken; nothing moves the counter until the sender starts
+        wait_for(lambda: conntrack_polls(events) >= 2, 30, "the conntrack sensor polling")
+        base = invalid_count(server)
+        sender = client.popen(sys.executable, "-c", INVALID_TCP, "10.76.0.1", "10.76.0.2", str(stop_file),
+                              stdout=-1, text=True)
+        wait_for(lambda: invalid_count(server) - base > 2000, 30, "invalid packets counted by the kernel")
+        for i, interval in enumerate(["300ms", "250ms", "350ms", "200ms"], start=1):
+            write_config(config, events, server.name, interval)
+            agent.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: sum(1 for e in read_events(events) if e["event"]["action"] == "config-reloaded") >= i,
+                     60, f"reload {i} recorded")
+            mark = invalid_count(server)
+            wait_for(lambda: invalid_count(server) - mark > 2000, 30, "invalid packets between reloads")
+        stop_file.write_text("")
+        sender.communicate(timeout=30)
+        kernel = invalid_count(server) - base
+        wait_for(lambda: reported_invalid(events, server.inode) >= kernel, 30, f"{kernel} invalid in the events")
+        # and nothing more arrives: three more polls of the running sensor
+        polls = conntrack_polls(events)
+        wait_for(lambda: conntrack_polls(events) >= polls + 3, 30, "three more polls")
+        assert invalid_count(server) - base == kernel, "the counter moved without the sender"
+        assert reported_invalid(events, server.inode) == kernel, \
+            f"reported {reported_invalid(events, server.inode)} invalid, the kernel counted {kernel}"
+        reloaded = [e for e in read_events(events) if e["event"]["action"] == "config-reloaded"]
+        assert [r["netagent"]["agent"]["sensors_restarted"] for r in reloaded] == [["conntrack"]] * 4
+    finally:
+        stop_file.write_text("")
+        if sender is not None and sender.poll() is None:
+            sender.kill()
+        code, _ = agent.stop(timeout=30)
+    assert code == 0, "".join(agent.stderr_lines)
