@@ -49,6 +49,7 @@ MAX_OWNERS = 20000  # bound on the ReplicaSet/Job -> owner cache (cleared at eac
 # (closing the client does not wake a blocked read): that daemon thread ends when the server
 # ends the watch, or with the process
 STOP_TIMEOUT = 1.0
+MAX_PAIRS = 65536  # bound on the shared {source, destination} objects (ApiPeerAttributor)
 
 
 def _check_apiserver(value: str) -> str:
@@ -392,37 +393,59 @@ class ApiPeerAttributor:
     def __init__(self, cluster: ClusterPods, failures):
         self.cluster = cluster
         self.failures = failures
+        # one {source, destination} object per pair of peers, shared by the events between them (as
+        # pod_fields shares a pod's): no allocation per event. Valid for one index (ids of its dicts).
+        self._pairs: dict[tuple[int, int], dict] = {}
+        self._index = None
 
     def process(self, events: list[dict]) -> list[dict]:
         peers = self.cluster.peers()
         unavailable = self.cluster.healthy is False
         if not peers and not unavailable:
             return events
+        if peers is not self._index or len(self._pairs) > MAX_PAIRS:
+            self._index, self._pairs = peers, {}
+        pairs = self._pairs
+        lookup = peers.get
+        missed = 0
         for event in events:
             src = event.get("source")
             dst = event.get("destination")
-            if not src and not dst:
+            src_ip = src.get("ip") if src else None
+            dst_ip = dst.get("ip") if dst else None
+            if src_ip is None and dst_ip is None:
                 continue
-            named = event["netagent"].get("kubernetes")
-            missed = False
-            for side, addr in (("source", src), ("destination", dst)):
-                if not addr:
-                    continue
-                ip = addr.get("ip")
-                if not ip:
-                    continue
-                peer = peers.get(ip)
-                local = named.get(side) if named else None
+            src_peer = lookup(src_ip) if src_ip else None
+            dst_peer = lookup(dst_ip) if dst_ip else None
+            body = event["netagent"]
+            named = body.get("kubernetes")
+            if src_peer is None and dst_peer is None:
+                if unavailable and (named is None or (src_ip and "source" not in named)
+                                    or (dst_ip and "destination" not in named)):
+                    missed += 1  # may have been a pod: we cannot tell while the server is away
+                continue
+            if named is None:  # the common case: the runtime named neither side
+                key = (id(src_peer), id(dst_peer))
+                pair = pairs.get(key)
+                if pair is None:
+                    pair = pairs[key] = {side: peer for side, peer in (("source", src_peer),
+                                                                      ("destination", dst_peer)) if peer is not None}
+                body["kubernetes"] = pair
+                if unavailable and ((src_ip and src_peer is None) or (dst_ip and dst_peer is None)):
+                    missed += 1
+                continue
+            gap = False
+            for side, ip, peer in (("source", src_ip, src_peer), ("destination", dst_ip, dst_peer)):
+                local = named.get(side)
                 if peer is None:
-                    missed = missed or local is None
-                    continue
-                if local is not None and (local["namespace"] != peer["namespace"] or local["pod"] != peer["pod"]):
-                    continue
-                if named is None:
-                    named = event["netagent"]["kubernetes"] = {}
-                named[side] = peer
-            if missed and unavailable:
-                self.failures.count("apiserver_unavailable")  # may have been a pod: we cannot tell
+                    gap = gap or (ip is not None and local is None)
+                elif local is None or (local["namespace"] == peer["namespace"] and local["pod"] == peer["pod"]):
+                    named[side] = peer  # the same pod with its workload, or a pod of another node
+            if unavailable and gap:
+                missed += 1
+        if missed:
+            self.failures.by_cause["apiserver_unavailable"] = self.failures.by_cause.get("apiserver_unavailable", 0) \
+                + missed
         return events
 
     def __call__(self, event: dict) -> dict:
