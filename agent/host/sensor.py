@@ -26,7 +26,7 @@ from netagent import overlay
 from netagent.errors import AgentError, ProbeUnavailable, UsageError
 from netagent.events import new_event
 from netagent.host import kubeproxy, metrics, snapshot
-from netagent.sensor import Sensor, SensorStatus
+from netagent.sensor import CounterHandover, Sensor, SensorStatus
 
 CONFIG_SECTION = "host"
 CONFIG_SCHEMA = {
@@ -58,7 +58,7 @@ def _inventory_key(info: overlay.InterfaceInfo) -> tuple:
             u.device if u else None, u.effective_mtu if u else None, info.expected_mtu)
 
 
-class HostSensor(Sensor):
+class HostSensor(CounterHandover, Sensor):
     name = "host"
     dataset = "netagent.host"
 
@@ -112,7 +112,11 @@ class HostSensor(Sensor):
         return SensorStatus(self.name, True, attach_path="procfs + netlink",
                             details={"netns": [ns.name for ns in spaces], "interval_s": self.interval})
 
-    def attach(self) -> str:
+    def attach(self, predecessor: "HostSensor | None" = None) -> str:
+        """`predecessor`: the running host sensor this one replaces (reload): this one
+        reports nothing until it takes over its readings (CounterHandover)."""
+        if predecessor is not None:
+            self._standby_for(predecessor)
         try:
             self._node = snapshot.read_node()
         except OSError as exc:
@@ -128,7 +132,23 @@ class HostSensor(Sensor):
         self._node = None
         self._netns.clear()
 
+    def _adopt(self, predecessor: "HostSensor") -> None:
+        """Count on from the predecessor's last readings (node, and the namespaces both
+        watch), and know the interfaces it announced, so none is announced twice."""
+        if predecessor._node is not None:
+            self._node = predecessor._node
+        for inode, snap in list(predecessor._netns.items()):
+            if inode in self._netns:
+                self._netns[inode] = snap
+        for ident, key in list(predecessor._known.items()):
+            if ident[0] in self._netns:
+                self._known[ident] = key
+                self._names[ident] = predecessor._names.get(ident)
+        self._sample = predecessor._sample
+
     def poll(self) -> list[dict]:
+        if self.in_standby:
+            return []  # the predecessor reports these counters until it hands over
         if self._node is None:
             self.attach()
             return []

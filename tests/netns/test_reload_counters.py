@@ -148,3 +148,97 @@ def test_conntrack_counters_across_reloads_equal_the_kernels_exactly(netns_facto
             sender.kill()
         code, _ = agent.stop(timeout=30)
     assert code == 0, "".join(agent.stderr_lines)
+
+
+UDP_FLOOD = r"""
+import os, socket, sys
+dst, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sent = 0
+while not os.path.exists(stop):
+    for _ in range(200):
+        try:
+            s.sendto(b"x" * 32, (dst, port))
+            sent += 1
+        except OSError:
+            pass  # an ICMP port unreachable reported on this socket: send on
+print(sent)
+"""
+
+
+def no_ports(ns) -> int:
+    lines = [ln.split() for ln in ns.read_proc("net/snmp").splitlines() if ln.startswith("Udp:")]
+    return int(lines[1][lines[0].index("NoPorts")])
+
+
+def reported_no_ports(path, inode: int) -> int:
+    return sum(e["netagent"]["host"]["snmp"].get("udp_no_ports") or 0 for e in read_events(path)
+               if e["event"]["action"] == "netns-counters" and e["netagent"]["host"]["netns"]["inode"] == inode)
+
+
+def host_config(path, events, netns: str, interval: str):
+    others = "".join(f"[sensors.{m.section}]\nenabled = false\n" for m in registry.load_modules()
+                     if m.loaded and m.section != "host")
+    path.write_text(textwrap.dedent(f"""
+        [agent]
+        heartbeat = "500ms"
+        [sensors.host]
+        netns = ["{netns}"]
+        interval = "{interval}"
+        [[sinks]]
+        type = "file"
+        path = "{events}"
+        """) + others)
+
+
+def sensor_polls(path, name) -> int:
+    beats = [e for e in read_events(path) if e["event"]["action"] == "heartbeat"]
+    if not beats:
+        return 0
+    return next((s.get("polls", 0) for s in beats[-1]["netagent"]["agent"]["sensors"] if s["name"] == name), 0)
+
+
+def test_host_counters_across_reloads_equal_the_kernels_exactly(netns_factory, tmp_path):
+    """The host sensor's netns counters (Udp NoPorts of a namespace it watches) across
+    four SIGHUPs that change its interval: the reported rises sum to the kernel's."""
+    client, server = netns_factory(), netns_factory()
+    veth_pair(client, server, "10.75.0.1/24", "10.75.0.2/24")
+    config, events = tmp_path / "agent.toml", tmp_path / "events.json"
+    host_config(config, events, server.name, "250ms")
+    agent = AgentProcess("run", "--config", str(config))
+    stop_file = tmp_path / "stop"
+    sender = None
+    try:
+        agent.wait_for_stderr("started (pid", timeout=90)
+        wait_for(lambda: sensor_polls(events, "host") >= 2, 30, "the host sensor polling")
+        base = no_ports(server)
+        sender = client.popen(sys.executable, "-c", UDP_FLOOD, "10.75.0.2", "47999", str(stop_file),
+                              stdout=-1, text=True)
+        wait_for(lambda: no_ports(server) - base > 2000, 30, "UDP to a closed port counted by the kernel")
+        for i, interval in enumerate(["300ms", "250ms", "350ms", "200ms"], start=1):
+            host_config(config, events, server.name, interval)
+            agent.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: sum(1 for e in read_events(events) if e["event"]["action"] == "config-reloaded") >= i,
+                     60, f"reload {i} recorded")
+            mark = no_ports(server)
+            wait_for(lambda: no_ports(server) - mark > 2000, 30, "NoPorts between reloads")
+        stop_file.write_text("")
+        sender.communicate(timeout=30)
+        kernel = no_ports(server) - base
+        wait_for(lambda: reported_no_ports(events, server.inode) >= kernel, 30, f"{kernel} NoPorts in the events")
+        polls = sensor_polls(events, "host")
+        wait_for(lambda: sensor_polls(events, "host") >= polls + 3, 30, "three more polls")
+        assert no_ports(server) - base == kernel, "the counter moved without the sender"
+        assert reported_no_ports(events, server.inode) == kernel, \
+            f"reported {reported_no_ports(events, server.inode)} NoPorts, the kernel counted {kernel}"
+        reloaded = [e for e in read_events(events) if e["event"]["action"] == "config-reloaded"]
+        assert [r["netagent"]["agent"]["sensors_restarted"] for r in reloaded] == [["host"]] * 4
+        seen = [e for e in read_events(events) if e["event"]["action"] == "interface-seen"]
+        assert len(seen) == len({e["netagent"]["overlay"]["interface"]["name"] for e in seen}), \
+            "no interface announced again by a successor"
+    finally:
+        stop_file.write_text("")
+        if sender is not None and sender.poll() is None:
+            sender.kill()
+        code, _ = agent.stop(timeout=30)
+    assert code == 0, "".join(agent.stderr_lines)
