@@ -16,19 +16,16 @@ Results: bench/results/apiserver.json.
 """
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from benchlib import ROUNDS, rounded, spread, write_result
 
-from netagent.enrich.apiserver import ClusterPods  # noqa: E402
-from netagent.enrich.stage import Enricher  # noqa: E402
+from netagent.enrich.apiserver import ClusterPods
+from netagent.enrich.stage import Enricher
 
-RESULTS = os.path.join(HERE, "results", "apiserver.json")
 CLUSTER_PODS = 2200
 RATE = 50_000
 BATCH = 1000
@@ -62,14 +59,9 @@ def timed(enricher: Enricher, events: list[dict]) -> float:
     return time.process_time() - t0
 
 
-def summary(values: list[float], digits: int = 4) -> dict:
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits)}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--events", type=int, default=100_000)
     args = parser.parse_args()
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -98,16 +90,13 @@ def main() -> int:
         "machine": {"cpus_used": 1, "cpus_online": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "cluster_pods": CLUSTER_PODS, "events_per_round": args.events, "rounds": args.rounds,
-        "cost_us_per_event": summary([r["cost_us_per_event"] for r in rounds], 3),
-        "core_share_at_rate": summary([r["core_share_at_rate"] for r in rounds]),
-        "baseline_us_per_event": summary([1e6 * r["baseline"] / args.events for r in rounds], 3),
+        "cost_us_per_event": rounded(spread(r["cost_us_per_event"] for r in rounds)),
+        "core_share_at_rate": rounded(spread(r["core_share_at_rate"] for r in rounds), 4),
+        "baseline_us_per_event": rounded(spread(1e6 * r["baseline"] / args.events for r in rounds)),
         "load_average_at_end": os.getloadavg()[0],
+        "rounds_detail": rounds,
     }
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(RESULTS + ".tmp", RESULTS)
-    print(json.dumps({k: result[k] for k in ("cost_us_per_event", "core_share_at_rate")}))
+    write_result("apiserver", result)
     return 0
 
 

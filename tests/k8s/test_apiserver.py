@@ -10,18 +10,9 @@ from apiserver_lab import FakeApiServer, owner, pod_object
 from netagent.enrich.apiserver import ApiPeerAttributor, ClusterPods, connection, deployment_by_hash
 from netagent.enrich.processors import Failures
 from netagent.errors import ConfigError
+from pod_agent import wait_for
 
 pytest.importorskip("lightkube")
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def drop_event(src: str, dst: str) -> dict:
@@ -61,7 +52,7 @@ def test_pods_of_the_cluster_named_by_ip_with_their_workload(lab, tmp_path):
     cluster = cluster_of(lab, tmp_path)
     cluster.start()
     try:
-        wait_for(lambda: cluster.healthy, what="first list")
+        wait_for(lambda: cluster.healthy, 30, "first list")
         peers = cluster.peers()
         assert peers["10.244.1.7"] == {"namespace": "payments", "pod": "api-7d9f8-x2k4q",
                                        "workload": "Deployment/api"}
@@ -78,7 +69,7 @@ def test_pods_of_the_cluster_named_by_ip_with_their_workload(lab, tmp_path):
         lists = cluster.lists
         lab.put_pod(pod_object("payments", "api-7d9f8-n3w", "10.244.4.4", labels={"pod-template-hash": "7d9f8"},
                                owners=[owner("ReplicaSet", "api-7d9f8")]))
-        wait_for(lambda: "10.244.4.4" in cluster.peers(), what="a new pod through the watch")
+        wait_for(lambda: "10.244.4.4" in cluster.peers(), 30, "a new pod through the watch")
         assert cluster.peers()["10.244.4.4"]["workload"] == "Deployment/api"
         assert cluster.lists == lists
     finally:
@@ -94,7 +85,7 @@ def test_replicaset_unreadable_falls_back_to_pod_template_hash(lab, tmp_path):
     cluster = cluster_of(lab, tmp_path)
     cluster.start()
     try:
-        wait_for(lambda: cluster.healthy, what="first list")
+        wait_for(lambda: cluster.healthy, 30, "first list")
         assert cluster.peers()["10.244.5.5"]["workload"] == "Deployment/web"
         # the name does not follow the convention: the ReplicaSet is all we can say
         assert cluster.peers()["10.244.5.6"]["workload"] == "ReplicaSet/odd-rs"
@@ -118,14 +109,14 @@ def test_deleted_pod_named_for_grace_then_gone(lab, tmp_path):
     cluster = cluster_of(lab, tmp_path, grace=1.0)
     cluster.start()
     try:
-        wait_for(lambda: cluster.healthy, what="first list")
+        wait_for(lambda: cluster.healthy, 30, "first list")
         lab.delete_pod("shop", "cart-0")
-        wait_for(lambda: cluster.watch_events >= 1, what="the DELETED event")
+        wait_for(lambda: cluster.watch_events >= 1, 30, "the DELETED event")
         assert cluster.peers()["10.244.6.1"]["pod"] == "cart-0"  # its last events still name it
         # the next change after the grace period drops it
         time.sleep(1.2)
         lab.put_pod(pod_object("shop", "other", "10.244.6.2"))
-        wait_for(lambda: "10.244.6.2" in cluster.peers(), what="the next event")
+        wait_for(lambda: "10.244.6.2" in cluster.peers(), 30, "the next event")
         assert "10.244.6.1" not in cluster.peers()
     finally:
         cluster.stop()
@@ -141,22 +132,22 @@ def test_server_down_events_flow_counted_then_named_again(lab, tmp_path):
     attributor = ApiPeerAttributor(cluster, failures)
     cluster.start()
     try:
-        wait_for(lambda: cluster.healthy, what="first list")
+        wait_for(lambda: cluster.healthy, 30, "first list")
         out = attributor.process([drop_event("10.0.0.1", "10.244.1.7")])
         assert out[0]["netagent"]["kubernetes"]["destination"]["workload"] == "Deployment/api"
         assert failures.total == 0
 
         lab.stop()
-        wait_for(lambda: cluster.healthy is False, what="the failure noticed")
+        wait_for(lambda: cluster.healthy is False, 30, "the failure noticed")
         assert any("API server:" in line and "stay named" in line for line in said)
-        wait_for(lambda: not cluster.peers(), timeout=10, what="the grace period to end")
+        wait_for(lambda: not cluster.peers(), 10, "the grace period to end")
         batch = [drop_event("10.0.0.1", "10.244.1.7") for _ in range(50)]
         out = attributor.process(batch)
         assert len(out) == 50 and all("kubernetes" not in e["netagent"] for e in out)  # kept, unnamed
         assert failures.by_cause == {"apiserver_unavailable": 50}
 
         lab.start()  # same port: the kubeconfig still points at it
-        wait_for(lambda: cluster.healthy, timeout=60, what="recovery after the server returns")
+        wait_for(lambda: cluster.healthy, 60, "recovery after the server returns")
         out = attributor.process([drop_event("10.0.0.1", "10.244.1.7")])
         assert out[0]["netagent"]["kubernetes"]["destination"]["pod"] == "api-7d9f8-x2k4q"
         assert failures.by_cause == {"apiserver_unavailable": 50}
@@ -173,7 +164,7 @@ def test_local_pod_named_by_the_runtime_gains_its_workload_a_different_pod_is_ke
     attributor = ApiPeerAttributor(cluster, failures)
     cluster.start()
     try:
-        wait_for(lambda: cluster.healthy, what="first list")
+        wait_for(lambda: cluster.healthy, 30, "first list")
         same = drop_event("10.93.0.1", "10.93.0.2")
         same["netagent"]["kubernetes"] = {"destination": {"namespace": "shop", "pod": "db-0"}}
         other = drop_event("10.93.0.1", "10.93.0.2")  # the runtime (fresher on its node) says another pod
@@ -207,7 +198,7 @@ def test_in_cluster_service_account(lab, tmp_path, monkeypatch):
     cluster = ClusterPods(config, description, grace=30.0)
     cluster.start()
     try:
-        wait_for(lambda: cluster.healthy, what="first list")
+        wait_for(lambda: cluster.healthy, 30, "first list")
         assert cluster.peers()["10.244.2.3"]["workload"] == "StatefulSet/db"
     finally:
         cluster.stop()
