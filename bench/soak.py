@@ -192,8 +192,8 @@ def main() -> int:
             failures.append(f"agent exit code {code}")
         messages = agent.messages()
         result["agent_warnings"] = [m for m in messages if "cannot" in m or "failed" in m or "watchdog" in m][-20:]
-        held_said = [m for m in messages if "holding events in memory" in m]
-        result["spool_holding_said"] = held_said[:3]
+        held_said = [m for m in messages if "holding events in memory" in m or "disk takes writes again" in m]
+        result["spool_holding_said"] = held_said[:4]
         if fill_done is not None and not held_said:
             failures.append("the full disk never made the spool hold events in memory (fault not exercised)")
         final = next((m for m in messages if m.startswith("stopped (SIGTERM)")), "")

@@ -256,6 +256,15 @@ class OctetReceiver:
         # stuck on its output; the kernel still acknowledges what fits in the
         # receive buffer, and stop() then discards it (RST)
         self.paused = threading.Event()
+        self._reading = 0  # serving loops between their pause check and the end of a read
+
+    def pause(self, timeout: float = 10.0) -> None:
+        """Stop reading; returns once no read is under way, so `count` stays as it is."""
+        self.paused.set()
+        deadline = time.monotonic() + timeout
+        while self._reading and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not self._reading, f"a read still under way after {timeout}s"
 
     @property
     def address(self) -> str:
@@ -331,23 +340,31 @@ class OctetReceiver:
             while True:
                 if not self._running:
                     return
-                if self.paused.is_set():
+                with self._lock:
+                    if self.paused.is_set():
+                        reading = False
+                    else:
+                        self._reading += 1  # pause() waits for this read to end
+                        reading = True
+                if not reading:
                     time.sleep(0.01)
                     continue
-                # wait with a timeout so a pause takes effect before the next read
-                has_tls_data = hasattr(conn, "pending") and conn.pending()
-                if not has_tls_data and not select.select([conn], [], [], 0.05)[0]:
-                    continue
-                if self.paused.is_set():
-                    continue
                 try:
-                    data = conn.recv(262144)
-                except (OSError, ValueError):
-                    return
-                if not data:
-                    return
-                buf += data
-                self._parse(buf)
+                    # wait with a timeout so a pause takes effect before the next read
+                    has_tls_data = hasattr(conn, "pending") and conn.pending()
+                    if not has_tls_data and not select.select([conn], [], [], 0.05)[0]:
+                        continue
+                    try:
+                        data = conn.recv(262144)
+                    except (OSError, ValueError):
+                        return
+                    if not data:
+                        return
+                    buf += data
+                    self._parse(buf)
+                finally:
+                    with self._lock:
+                        self._reading -= 1
         finally:
             try:
                 conn.close()

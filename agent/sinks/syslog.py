@@ -584,7 +584,7 @@ class SyslogSink(Sink):
         self.sent = 0  # records written to a connection (resends included)
         self.resent = 0  # records sent more than once because a connection broke
         self.connects = 0
-        self.connect_failures = 0  # connection attempts that failed (refused, TLS, timeout)
+        self.delivery_failures = 0  # connects that failed and connections that broke (refused, TLS, reset)
         self.last_error: str | None = None
         self.last_error_time: float | None = None
 
@@ -721,7 +721,7 @@ class SyslogSink(Sink):
             "spool_held": self.spool.held,
             "delivered": self.delivered,
             "resent": self.resent,
-            "connect_failures": self.connect_failures,
+            "delivery_failures": self.delivery_failures,
             "lost": self.losses(),
             "lost_causes": {"spool": self.spool.loss_causes()},
             "healthy": self._conn is not None,
@@ -741,6 +741,7 @@ class SyslogSink(Sink):
 
     def _failed(self, reason: str, hint: str = "") -> None:
         """Say why delivery fails: once per distinct reason (hints aside), then every REMIND_EVERY."""
+        self.delivery_failures += 1
         self.last_error = reason + hint
         self.last_error_time = time.time()
         now = time.monotonic()
@@ -872,7 +873,6 @@ class SyslogSink(Sink):
             conn = open_connection(self.host, self.port, self._ctx, self.server_name, self.connect_timeout, self._stop)
         except DeliveryError as exc:
             if not self._stop.is_set():
-                self.connect_failures += 1
                 self._schedule_retry()
                 self._failed(str(exc))
             return

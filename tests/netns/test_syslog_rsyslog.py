@@ -148,8 +148,8 @@ def spool_causes(rs) -> list[dict]:
             for s in e["netagent"]["agent"]["sinks"] if s["type"] == "syslog"]
 
 
-def syslog_connect_failures(events_file) -> int:
-    """The syslog sink's failed connection attempts, from the last heartbeat in the file sink's output."""
+def syslog_delivery_failures(events_file) -> int:
+    """The syslog sink's failed connects and broken connections, from the last heartbeat in the file sink's output."""
     try:
         lines = events_file.read_text().splitlines()
     except FileNotFoundError:
@@ -160,7 +160,7 @@ def syslog_connect_failures(events_file) -> int:
                 sinks = json.loads(line)["netagent"]["agent"]["sinks"]
             except ValueError:
                 continue  # the line being written right now
-            return next((s["connect_failures"] for s in sinks if s["type"] == "syslog"), 0)
+            return next((s["delivery_failures"] for s in sinks if s["type"] == "syslog"), 0)
     return 0
 
 
@@ -272,8 +272,8 @@ def test_wrong_ca_refused_said_once_spooled_then_delivered(tmp_path, rsyslog, dr
     try:
         line = wait_said(agent, "certificate verification failed")
         # several reconnect attempts failed (backoff capped at 1s), as a heartbeat counts them
-        assert wait_until(lambda: syslog_connect_failures(events_file) >= 3, timeout=60), \
-            syslog_connect_failures(events_file)
+        assert wait_until(lambda: syslog_delivery_failures(events_file) >= 3, timeout=60), \
+            syslog_delivery_failures(events_file)
         assert agent.proc.poll() is None, "the agent must keep running"
     finally:
         emitted = stop_agent(agent)
@@ -299,12 +299,15 @@ def test_mutual_tls_with_rsyslog_x509_name(tmp_path, certs, dropping_ns):
     rs = Rsyslog(str(tmp_path / "rsyslog-mtls"), certs, auth="x509/name").start()
     try:
         # without a client certificate rsyslog refuses us, and the agent says so
+        events_file = tmp_path / "anon-events.json"
         anon = write_config(tmp_path, dropping_ns, rs.address, certs.ca, name="anon.toml",
-                            spool_dir=str(tmp_path / "spool-anon"))
+                            spool_dir=str(tmp_path / "spool-anon"), events_file=str(events_file))
         agent = start_agent(anon)
         try:
             line = wait_said(agent, "cannot deliver")
-            time.sleep(1)
+            # refused more than once (a heartbeat counts the attempts), and still nothing arrived
+            assert wait_until(lambda: syslog_delivery_failures(events_file) >= 2, timeout=60), \
+                syslog_delivery_failures(events_file)
         finally:
             stop_agent(agent)
         assert not rs.raw_lines()
