@@ -15,8 +15,9 @@ How the index is kept: list every pod, then watch from the list's
 resourceVersion (lightkube re-opens the watch when the server ends it after
 `apiserver_watch` seconds). Any failure (unreachable, 410 Gone, 403) ends
 the watch: the thread waits (1 s doubling to 30 s) and lists again. Pods
-listed before a failure stay named for `grace`, like deleted pods; after
-that, lookups that could have been pods are counted `apiserver_unavailable`.
+listed before a failure stay named for `grace`, like deleted pods. While the
+server is away, an address nothing named (it could be a pod we have not
+heard of) is counted `apiserver_unavailable`, once per event.
 
 Workload owner, from the pod's controller ownerReference:
     StatefulSet, DaemonSet, other kinds   the owner itself
@@ -417,7 +418,9 @@ class ApiPeerAttributor:
                 continue
             src_peer = lookup(src_ip) if src_ip else None
             dst_peer = lookup(dst_ip) if dst_ip else None
-            body = event["netagent"]
+            body = event.get("netagent")
+            if body is None:
+                continue
             named = body.get("kubernetes")
             if src_peer is None and dst_peer is None:
                 if unavailable and (named is None or (src_ip and "source" not in named)

@@ -219,3 +219,33 @@ def test_doctor_report_off_reachable_unreachable(lab, tmp_path):
     assert f"https://127.0.0.1:{lab.port}" in down["detail"] and "Connect" in down["detail"]
     wrong_token = apiserver_report({"apiserver": lab.start().kubeconfig(str(tmp_path / "bad"), token="nope")})
     assert wrong_token["available"] is False and "Unauthorized" in wrong_token["detail"], wrong_token
+
+
+def test_attributor_during_an_outage_names_what_it_listed_counts_each_event_once():
+    """No server: the index as the thread leaves it after a failure, within and after the grace period."""
+    now = [100.0]
+    cluster = ClusterPods(None, "in-process", grace=5.0, clock=lambda: now[0])
+    cluster.by_ip = {"10.244.1.7": {"namespace": "payments", "pod": "api-0", "workload": "StatefulSet/api"}}
+    cluster.healthy, cluster.failed_since = False, 99.0
+    failures = Failures()
+    attributor = ApiPeerAttributor(cluster, failures)
+    both_known = drop_event("10.244.1.7", "10.244.1.7")
+    one_unknown = drop_event("10.244.1.7", "10.9.9.9")
+    runtime_named_other = drop_event("10.8.8.8", "10.244.1.7")  # the runtime named the source
+    runtime_named_other["netagent"]["kubernetes"] = {"source": {"namespace": "shop", "pod": "web-0"}}
+    no_addresses = {"event": {"dataset": "netagent.mtu"}, "netagent": {"mtu": {}}}
+    attributor.process([both_known, one_unknown, runtime_named_other, no_addresses])
+    assert both_known["netagent"]["kubernetes"] == {"source": cluster.by_ip["10.244.1.7"],
+                                                    "destination": cluster.by_ip["10.244.1.7"]}
+    assert one_unknown["netagent"]["kubernetes"] == {"source": cluster.by_ip["10.244.1.7"]}
+    assert runtime_named_other["netagent"]["kubernetes"] == {"source": {"namespace": "shop", "pod": "web-0"},
+                                                             "destination": cluster.by_ip["10.244.1.7"]}
+    assert failures.by_cause == {"apiserver_unavailable": 1}  # only one_unknown had an address nothing named
+    now[0] = 105.0  # 6 s into the outage: past the grace period, nothing listed is named any more
+    late = drop_event("10.244.1.7", "10.9.9.9")
+    attributor.process([late, dict(no_addresses)])
+    assert "kubernetes" not in late["netagent"]
+    assert failures.by_cause == {"apiserver_unavailable": 2}
+    cluster.healthy = True  # healthy: a miss is an address that is no pod's, not a failure
+    attributor.process([drop_event("10.1.1.1", "10.9.9.9")])
+    assert failures.by_cause == {"apiserver_unavailable": 2}

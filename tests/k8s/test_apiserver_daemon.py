@@ -142,3 +142,19 @@ def test_doctor_says_whether_the_api_server_answers(tmp_path):
                         f"https://127.0.0.1:{api.port}: pods readable)"], proc.stdout + proc.stderr
     finally:
         api.stop()
+
+
+@pytest.mark.parametrize("env, says", [
+    ({}, "KUBERNETES_SERVICE_HOST"),  # not in a pod
+    ({"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "6443"}, "token"),  # no token mounted
+])
+def test_in_cluster_where_it_cannot_be_one_line_exit_78(tmp_path, env, says):
+    config = tmp_path / "agent.toml"
+    config.write_text('[kubernetes]\napiserver = "in-cluster"\n')
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    clean.update(env, NETAGENT_SERVICE_ACCOUNT_DIR=str(tmp_path / "no-serviceaccount"))
+    proc = subprocess.run([NETAGENT, "run", "--config", str(config)], capture_output=True, text=True, timeout=120,
+                          env=clean)
+    assert proc.returncode == 78, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "kubernetes.apiserver" in lines[0] and says in lines[0], proc.stderr
