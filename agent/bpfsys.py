@@ -258,11 +258,32 @@ class RawMap:
         return [(k, v) for k in self.keys() if (v := self.lookup(k)) is not None]
 
     def _drain_batch(self, cmd: int = MAP_LOOKUP_AND_DELETE_BATCH) -> list[tuple[bytes, bytes]]:
+        items: list[tuple[bytes, bytes]] = []
+        ks, vs = self.key_size, self.value_bytes
+        for kraw, vraw, got in self._batches(cmd):
+            items.extend((kraw[i * ks:(i + 1) * ks], vraw[i * vs:(i + 1) * vs]) for i in range(got))
+        return items
+
+    def drain_blocks(self) -> list[tuple[bytes, bytes, int]]:
+        """drain() as (keys, values, count) blocks, the elements back to back as the
+        kernel wrote them: a caller that unpacks them itself (struct.iter_unpack)
+        makes no bytes object per element. Falls back like drain()."""
+        if self._batch_ok:
+            try:
+                return list(self._batches(MAP_LOOKUP_AND_DELETE_BATCH))
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOTSUP, 524):
+                    raise
+                self._batch_ok = False
+        items = self.drain()
+        return [(b"".join(k for k, _ in items), b"".join(v for _, v in items), len(items))]
+
+    def _batches(self, cmd: int):
+        """(keys, values, count) of each batch call until the map is exhausted."""
         n = max(self.max_entries, 1)
         keys = ctypes.create_string_buffer(n * self.key_size)
         values = ctypes.create_string_buffer(n * self.value_bytes)
         token = ctypes.create_string_buffer(8)  # hash maps: an opaque u32 bucket cursor
-        items: list[tuple[bytes, bytes]] = []
         first = True
         while True:
             attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(token), out_batch=ctypes.addressof(token),
@@ -275,12 +296,11 @@ class RawMap:
                     raise
                 done = True
             got = attr.count
-            kraw, vraw = keys.raw, values.raw
-            for i in range(got):
-                items.append((kraw[i * self.key_size:(i + 1) * self.key_size],
-                              vraw[i * self.value_bytes:(i + 1) * self.value_bytes]))
+            if got:
+                yield (ctypes.string_at(keys, got * self.key_size), ctypes.string_at(values, got * self.value_bytes),
+                       got)
             if done:
-                return items
+                return
             first = False
 
     def per_cpu_values(self, value: bytes) -> list[bytes]:

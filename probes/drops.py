@@ -16,10 +16,11 @@ import socket
 import struct
 import threading
 import time
+import typing
 from dataclasses import dataclass, field
 
 from netagent import netns as netns_mod
-from netagent import bpfchild, bpfsys
+from netagent import bpfchild, bpfsys, gcpause
 from netagent.bccloader import compile_program
 from netagent.bpfinfo import prog_recursion_misses
 from netagent import btf as btf_mod
@@ -201,8 +202,11 @@ def kprobes_available() -> bool:
 # --- rendering -------------------------------------------------------------------
 
 def _address(words, l3: int) -> str | None:
-    """The address in a flow key's four u32 words (as the kernel stored them: network byte order)."""
-    raw = bytes(words) if isinstance(words, ctypes.Array) else struct.pack("<4I", *words)
+    """The address in a flow key: 16 bytes, or four u32 words (as the kernel stored them: network byte order)."""
+    if isinstance(words, bytes):
+        raw = words
+    else:
+        raw = bytes(words) if isinstance(words, ctypes.Array) else struct.pack("<4I", *words)
     if l3 == 0x0800:
         return _ntop(socket.AF_INET, raw[:4])
     if l3 == 0x86DD:
@@ -214,6 +218,22 @@ def _address(words, l3: int) -> str | None:
 def _ntop(family: int, raw: bytes) -> str:
     # inet_ntop (C) and a cache: a storm renders ten thousand flows a second, mostly of few hosts
     return socket.inet_ntop(family, raw)
+
+
+@functools.lru_cache(maxsize=4)
+def _event_template(now: float | None) -> dict:
+    """The fields every drop event of one poll shares (one poll renders thousands: each event
+    copies these instead of building them anew)."""
+    return new_event(dataset="netagent.drops", action="packet-dropped", kind="event", category=["network"],
+                     type=["denied"], timestamp=now)
+
+
+def _from_template(template: dict) -> dict:
+    """A new event with the template's fields, sharing no dict or list with it or its siblings."""
+    event = {name: (value.copy() if type(value) is dict else value) for name, value in template.items()}
+    common = event["event"]
+    common["category"], common["type"] = list(common["category"]), list(common["type"])
+    return event
 
 
 def render_flow(key, val, *, reasons: dict[int, str], has_reason: bool, symbolize, interface: str | None,
@@ -250,16 +270,10 @@ def render_flow(key, val, *, reasons: dict[int, str], has_reason: bool, symboliz
             destination["port"] = int(key.dport)
         elif l4 in (1, 58):
             drop["icmp"] = {"type": int(key.sport), "code": int(key.dport)}
-    event = new_event(
-        dataset="netagent.drops",
-        action="packet-dropped",
-        kind="event",
-        category=["network"],
-        type=["denied"],
-        timestamp=now,
-        network=network,
-        netagent={"drop": drop},
-    )
+    # `now` None: stamped with this moment (a template per call); a poll passes its own time
+    event = _from_template(_event_template(now) if now is not None else _event_template.__wrapped__(None))
+    event["network"] = network
+    event["netagent"] = {"drop": drop}
     event["event"]["reason"] = reason
     event["event"]["start"] = iso_timestamp(to_wall(int(val.first_ns)))
     event["event"]["end"] = iso_timestamp(to_wall(int(val.last_ns)))
@@ -482,19 +496,19 @@ class DropSensor(Sensor):
         return compile_program("drops", macros, prelude)
 
     def poll(self) -> list[dict]:
-        with self._drain_lock:  # a reload's final poll may race the runner's: one drain at a time
-            if self._loaded is None:
-                return []
-            flows = self._swap_and_drain()
-        now = time.time()
-        events = []
-        for key, val in flows:
+        with gcpause.paused():  # thousands of acyclic events: no cycle hunt while building them
+            with self._drain_lock:  # a reload's final poll may race the runner's: one drain at a time
+                if self._loaded is None:
+                    return []
+                flows = self._swap_and_drain()
+            now = time.time()
+            reasons, has_reason, symbolize, to_wall = self._reasons, self._has_reason, self._symbolizer.symbolize, \
+                self._to_wall
             # interface and namespace names are filled in by the enrichment stage (netagent.enrich)
-            events.append(render_flow(
-                key, val, reasons=self._reasons, has_reason=self._has_reason,
-                symbolize=self._symbolizer.symbolize, interface=None,
-                netns_name=None, to_wall=self._to_wall, now=now))
-        events.sort(key=lambda e: e["netagent"]["drop"]["count"], reverse=True)
+            events = [render_flow(key, val, reasons=reasons, has_reason=has_reason, symbolize=symbolize,
+                                  interface=None, netns_name=None, to_wall=to_wall, now=now)
+                      for key, val in flows]
+        events.sort(key=_drop_count, reverse=True)
         self._update_losses()
         return events
 
@@ -596,7 +610,7 @@ class DropSensor(Sensor):
             m.setdefault(f"FILTER_HOST_W{i}", "0U")
         return m
 
-    def _swap_and_drain(self) -> list[tuple["FlowKey", "FlowVal"]]:
+    def _swap_and_drain(self) -> list[tuple["FlowTuple", "FlowTotals"]]:
         """Point the program at the other cache and buffer, then empty the old ones.
 
         The update of an array-of-maps slot returns only after an RCU grace
@@ -611,21 +625,31 @@ class DropSensor(Sensor):
         new_cache, new_flows = self._buffers[self._active]
         self._loaded.maps["active_cache"].update(_ZERO_KEY, new_cache.fd.to_bytes(4, "little"))
         self._loaded.maps["active_flows"].update(_ZERO_KEY, new_flows.fd.to_bytes(4, "little"))
-        flows: dict[bytes, FlowVal] = {}
-        for key, value in old_flows.drain():
-            for copy in old_flows.per_cpu_values(value):
-                merge_into(flows, key, FlowVal.from_buffer_copy(copy))
-        key_size = ctypes.sizeof(FlowKey)
+        flows: dict[bytes, list[int]] = {}
+        key_size, stride, cpus = old_flows.key_size, old_flows.stride, old_flows.cpus
+        for keys, values, count in old_flows.drain_blocks():
+            # each key once (a hash map): its per-CPU copies add up; no bytes object per copy
+            copies = _FLOW_VAL.iter_unpack(values) if stride == _FLOW_VAL.size else (
+                _FLOW_VAL.unpack_from(values, i * stride) for i in range(count * cpus))
+            for i in range(count):
+                total = [0, 0, 0, 0]
+                for _ in range(cpus):
+                    _merge(total, next(copies))
+                flows[keys[i * key_size:(i + 1) * key_size]] = total
         zeros = bytes(old_cache.value_bytes)
         for index, value in old_cache.read_all():  # one call for all slots; only used ones are cleared
             if not any(value):
                 continue
             for copy in old_cache.per_cpu_values(value):
-                val = FlowVal.from_buffer_copy(copy, key_size)
-                if val.count:
-                    merge_into(flows, copy[:key_size], val)
+                val = _FLOW_VAL.unpack_from(copy, key_size)
+                if val[0]:
+                    key = copy[:key_size]
+                    total = flows.get(key)
+                    if total is None:
+                        flows[key] = total = [0, 0, 0, 0]
+                    _merge(total, val)
             old_cache.update(index, zeros)
-        return [(FlowKey.from_buffer_copy(k), v) for k, v in flows.items()]
+        return [(FlowTuple._make(_FLOW_KEY.unpack(k)), FlowTotals._make(v)) for k, v in flows.items()]
 
     def _update_losses(self) -> None:
         raw = self._loaded.maps["overflow"].lookup(b"\0\0\0\0")
@@ -655,26 +679,60 @@ class FlowVal(ctypes.Structure):
                 ("last_ns", ctypes.c_uint64)]
 
 
-def merge_into(flows: dict[bytes, "FlowVal"], key: bytes, val: "FlowVal") -> None:
-    """Add one per-CPU copy (or cache slot) of a flow: counts add up; the
-    earliest first time and the latest last time of the copies that saw it
-    (a zero first time = a copy that never did)."""
-    total = flows.get(key)
-    if total is None:
-        flows[key] = total = FlowVal()
-    total.count += val.count
-    total.bytes += val.bytes
-    if val.first_ns and (not total.first_ns or val.first_ns < total.first_ns):
-        total.first_ns = val.first_ns
-    total.last_ns = max(total.last_ns, val.last_ns)
+# struct flow_key / struct flow_val as struct formats: a poll unpacks thousands of them
+# (checked against the ctypes layouts above at import).
+_FLOW_KEY = struct.Struct("=IIIHBxQ16s16sHH4x")
+_FLOW_VAL = struct.Struct("=QQQQ")
+assert _FLOW_KEY.size == ctypes.sizeof(FlowKey) and _FLOW_VAL.size == ctypes.sizeof(FlowVal)
 
 
-def sum_per_cpu(copies: list[bytes]) -> "FlowVal":
-    """The per-CPU copies of one value added up (merge_into's rules)."""
-    acc: dict[bytes, FlowVal] = {}
+class FlowTuple(typing.NamedTuple):
+    """One flow key, unpacked (addresses as 16 raw bytes)."""
+
+    netns: int
+    ifindex: int
+    reason: int
+    l3: int
+    l4: int
+    location: int
+    saddr: bytes
+    daddr: bytes
+    sport: int
+    dport: int
+
+
+class FlowTotals(typing.NamedTuple):
+    count: int
+    bytes: int
+    first_ns: int
+    last_ns: int
+
+
+def _merge(total: list[int], val) -> None:
+    """Add one per-CPU copy (or cache slot) (count, bytes, first_ns, last_ns) of a flow:
+    counts add up; the earliest first time and the latest last time of the copies that
+    saw it (a zero first time = a copy that never did)."""
+    count, nbytes, first, last = val
+    if not count:
+        return
+    total[0] += count
+    total[1] += nbytes
+    if first and (not total[2] or first < total[2]):
+        total[2] = first
+    if last > total[3]:
+        total[3] = last
+
+
+def sum_per_cpu(copies: list[bytes]) -> FlowTotals:
+    """The per-CPU copies of one value added up (_merge's rules)."""
+    total = [0, 0, 0, 0]
     for raw in copies:
-        merge_into(acc, b"", FlowVal.from_buffer_copy(raw))
-    return acc.get(b"", FlowVal())
+        _merge(total, _FLOW_VAL.unpack_from(raw))
+    return FlowTotals._make(total)
+
+
+def _drop_count(event: dict) -> int:
+    return event["netagent"]["drop"]["count"]
 
 
 def _kprobe_return_from() -> int:
