@@ -401,7 +401,6 @@ class Daemon:
         except BaseException:
             self._abort()
             raise
-        release_startup_memory()
         on = [r for r in self.runners if r.state == "on"]
         self._emit(self._agent_event(
             "agent-started", type_=["start"], version=__version__, config=cfg.source,
@@ -412,6 +411,7 @@ class Daemon:
         log(f"started (pid {os.getpid()}, config {cfg.source}): {status}; sinks: "
             f"{', '.join(s.name for s in sinks)}")
         sdnotify.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+        release_startup_memory()  # after READY: attached is what start-up time means (issue 12)
 
     def _require_some_sensor(self) -> None:
         enabled = [r for r in self.runners if r.state != "disabled"]
