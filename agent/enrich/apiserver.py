@@ -460,7 +460,7 @@ def apiserver_report(cfg: dict) -> dict:
     setting = cfg.get("apiserver", "")
     if not setting:
         return {"enabled": False, "available": None,
-                "detail": "off ([kubernetes] apiserver not set): peers are named only when they run on this node, "
+                "detail": "[kubernetes] apiserver not set: peers are named only when they run on this node, "
                           "without workload"}
     try:
         config, description = connection(setting)

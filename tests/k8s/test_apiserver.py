@@ -208,7 +208,7 @@ def test_doctor_report_off_reachable_unreachable(lab, tmp_path):
     from netagent.enrich.apiserver import apiserver_report
 
     off = apiserver_report({"apiserver": ""})
-    assert off["enabled"] is False and "off" in off["detail"]
+    assert off["enabled"] is False and off["available"] is None and "apiserver not set" in off["detail"]
     kubeconfig = lab.kubeconfig(str(tmp_path / "kubeconfig"))
     up = apiserver_report({"apiserver": kubeconfig})
     assert up["available"] is True and f"https://127.0.0.1:{lab.port}" in up["detail"]
