@@ -249,3 +249,33 @@ def test_attributor_during_an_outage_names_what_it_listed_counts_each_event_once
     cluster.healthy = True  # healthy: a miss is an address that is no pod's, not a failure
     attributor.process([drop_event("10.1.1.1", "10.9.9.9")])
     assert failures.by_cause == {"apiserver_unavailable": 2}
+
+
+def test_a_bug_in_the_thread_is_counted_by_the_watchdog_and_the_thread_restarted(lab, tmp_path, monkeypatch):
+    from netagent.watchdog import WATCHDOG
+
+    def restarts():
+        return next((t["restarts"] for t in WATCHDOG.status()["threads"] if t["thread"] == "enrich-apiserver"), 0)
+
+    lab.put_pod(pod_object("payments", "db-0", "10.244.2.3", owners=[owner("StatefulSet", "db")]))
+    before = restarts()
+    cluster = cluster_of(lab, tmp_path)
+    real_entry = ClusterPods._entry
+    calls = []
+
+    def buggy_once(self, pod):
+        calls.append(pod.metadata.name)
+        if len(calls) == 1:
+            raise KeyError("a bug of ours")  # not an API failure: the watchdog's business
+        return real_entry(self, pod)
+
+    monkeypatch.setattr(ClusterPods, "_entry", buggy_once)
+    cluster.start()
+    try:
+        wait_for(lambda: cluster.healthy, 30, "the list after the restart")
+        assert restarts() == before + 1
+        record = next(t for t in WATCHDOG.status()["threads"] if t["thread"] == "enrich-apiserver")
+        assert "KeyError" in record["last_reason"] and "a bug of ours" in record["last_reason"]
+        assert cluster.peers()["10.244.2.3"]["workload"] == "StatefulSet/db"
+    finally:
+        cluster.stop()
