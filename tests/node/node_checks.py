@@ -381,6 +381,10 @@ def facts():
     r["enabled"] = run("systemctl", "is-enabled", UNIT).stdout.strip()
     r["conffiles"] = run("dpkg-query", "-W", "-f=${Conffiles}", "netagent").stdout.split()
     r["debs"] = sorted(glob.glob("/root/netagent_*.deb"))
+    # what the conntrack kprobes need: the module loaded, its symbols named
+    r["nf_conntrack_loaded"] = os.path.isdir("/sys/module/nf_conntrack")
+    r["kallsyms_confirm"] = run("grep", "-c", " __nf_conntrack_confirm", "/proc/kallsyms").stdout.strip()
+    r["headers"] = os.path.isdir(f"/lib/modules/{os.uname().release}/build/include")
     shutil.copy(CONFIG, "/root/netagent.toml.packaged")
 
 

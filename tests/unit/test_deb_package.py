@@ -107,15 +107,17 @@ def test_packaged_tree_runs_and_its_config_is_valid(deb):
     assert r.returncode == 0 and r.stdout.startswith(str(root)), r.stderr  # the bundled copy, not the venv's
 
 
-def test_unit_is_hardened_with_exposure_at_most_2_5():
+def test_unit_is_hardened_with_exposure_at_most_2_6():
     if not shutil.which("systemd-analyze"):
         pytest.fail("systemd-analyze missing (package systemd, installed by make setup)")
     r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", UNIT], capture_output=True,
                        text=True, timeout=60)
     m = re.search(r"Overall exposure level for netagent.service: (\d+\.\d+)", r.stdout)
     assert m, r.stdout + r.stderr
-    # the same score live on a Debian 12 node with every sensor on: tests/node/
-    assert float(m.group(1)) <= 2.5, r.stdout
+    # the same score live on a Debian 12 node with every sensor on: tests/node/.
+    # 2.6, not 2.5: ProtectKernelModules=yes hides the kernel headers from BCC
+    # (the unit says why)
+    assert float(m.group(1)) <= 2.6, r.stdout
 
 
 def test_unit_semantics():
