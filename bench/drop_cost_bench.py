@@ -96,7 +96,10 @@ def round_bpftrace(ns, binary: str) -> dict:
         deadline = time.monotonic() + 10
         while not fds and time.monotonic() < deadline:
             for prog_id in set(bpfsys.prog_ids()) - before:
-                fd = bpfsys.prog_fd_by_id(prog_id)
+                try:
+                    fd = bpfsys.prog_fd_by_id(prog_id)
+                except FileNotFoundError:  # gone meanwhile: bpftrace's feature probes load and unload programs
+                    continue
                 if "kfree" in prog_stats(fd).name or "tracepoint" in prog_stats(fd).name:
                     fds.append(fd)
                 else:

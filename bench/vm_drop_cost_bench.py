@@ -14,6 +14,9 @@ time, so only the ratios between paths mean something, not the nanoseconds.
 
     vm_drop_cost_bench.py [--kernels 6.1,6.12] [--sequential]
 
+--kernels runs some of them and keeps the other kernels' last entries (each
+entry has its own written_at).
+
 Environment: BENCH_ROUNDS (10), BENCH_VM_SECONDS (flood seconds per round in
 the guest, 1), BENCH_VM_TIMEOUT (seconds one guest may take, 5400).
 Exit codes: 0 both kernels measured; 1 a guest's benchmark failed; 2 usage;
@@ -29,7 +32,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import HERE, ROUNDS, write_result
+from benchlib import HERE, RESULTS, ROUNDS, write_result
 
 REPO = os.path.dirname(HERE)
 RUNNER = os.path.join(REPO, "packaging", "vm", "run")
@@ -112,6 +115,14 @@ def summarize(guest: dict) -> dict:
             "written_at": guest["written_at"]}
 
 
+def load_previous() -> dict:
+    try:
+        with open(os.path.join(RESULTS, "drop_cost_vm.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def parse_args(argv) -> argparse.Namespace:
     class Parser(argparse.ArgumentParser):
         def error(self, message):
@@ -162,6 +173,10 @@ def main(argv=None) -> int:
     for line in failed:
         print(f"vm_drop_cost_bench: {line}", file=sys.stderr)
     if kernels:
+        # A run of some kernels (--kernels) keeps the others' last results; each says when it was measured.
+        previous = load_previous()
+        kernels = {**previous.get("kernels", {}), **kernels}
+        detail = {**previous.get("rounds_detail", {}), **detail}
         write_result("drop_cost_vm", {
             "benchmark": "kernel ns per kfree_skb drop (run_time_ns/run_cnt) by attach path, in a VM per kernel",
             "command": "make bench (bench/vm_drop_cost_bench.py, which runs "
