@@ -116,7 +116,9 @@ class Rsyslog:
         lines.append(f'action(type="omfile" file="{self.out}" template="raw" flushOnTXEnd="on")')
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout: float = 10.0) -> "Rsyslog":
+    def start(self, timeout: float = 60.0) -> "Rsyslog":
+        # returns as soon as rsyslogd listens; the bound is for a loaded machine
+        # (a restart once took over 10 s while VM tests ran beside it)
         assert self.proc is None or self.proc.poll() is not None, "already running"
         with open(self.conf, "w") as f:
             f.write(self._config())

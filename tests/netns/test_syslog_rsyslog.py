@@ -148,20 +148,30 @@ def spool_causes(rs) -> list[dict]:
             for s in e["netagent"]["agent"]["sinks"] if s["type"] == "syslog"]
 
 
-def syslog_delivery_failures(events_file) -> int:
-    """The syslog sink's failed connects and broken connections, from the last heartbeat in the file sink's output."""
+def syslog_status(events_file) -> dict:
+    """The syslog sink's status in the last heartbeat of the file sink's output ({} before one)."""
     try:
         lines = events_file.read_text().splitlines()
     except FileNotFoundError:
-        return 0
+        return {}
     for line in reversed(lines):
         if '"heartbeat"' in line:
             try:
                 sinks = json.loads(line)["netagent"]["agent"]["sinks"]
             except ValueError:
                 continue  # the line being written right now
-            return next((s["delivery_failures"] for s in sinks if s["type"] == "syslog"), 0)
-    return 0
+            return next((s for s in sinks if s["type"] == "syslog"), {})
+    return {}
+
+
+def syslog_delivery_failures(events_file) -> int:
+    """The syslog sink's failed connects and broken connections."""
+    return syslog_status(events_file).get("delivery_failures", 0)
+
+
+def spooled_on_disk(events_file) -> int:
+    status = syslog_status(events_file)
+    return status.get("spooled", 0) - status.get("spool_held", 0)
 
 
 def drops_received(rs):
@@ -240,11 +250,13 @@ def test_agent_restarted_while_collector_down(tmp_path, rsyslog, dropping_ns, ce
 def test_agent_killed_9_while_collector_down_keeps_its_spool(tmp_path, rsyslog, dropping_ns, certs):
     """kill -9 can lose what was still in memory, never what reached the spool:
     the killed run's events arrive as a gap-free prefix 1..K, then the new run."""
-    config = write_config(tmp_path, dropping_ns, rsyslog.address, certs.ca)
+    events_file = tmp_path / "events.json"
+    config = write_config(tmp_path, dropping_ns, rsyslog.address, certs.ca, events_file=str(events_file))
     rsyslog.stop()
     first = start_agent(config)
     wait_said(first, "cannot deliver")
-    time.sleep(2)
+    # a heartbeat says at least 20 events are in the spool's files (what kill -9 cannot take)
+    assert wait_until(lambda: spooled_on_disk(events_file) >= 20, timeout=60), syslog_status(events_file)
     first.proc.kill()
     first.proc.wait(10)
     second = start_agent(config)
