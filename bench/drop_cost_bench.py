@@ -33,6 +33,7 @@ import time
 from benchlib import ROUNDS, BpfStats, build_flood, flood, noports, rounded, spread, write_result
 
 from lab import Namespace  # noqa: E402 (tests/ on sys.path via benchlib)
+from timescale import scaled  # noqa: E402
 from netagent import bpfsys  # noqa: E402
 from netagent.bpfinfo import prog_stats  # noqa: E402
 from netagent.errors import ProbeUnavailable  # noqa: E402
@@ -93,7 +94,8 @@ def round_bpftrace(ns, binary: str) -> dict:
         if not seen or "Attaching" not in seen[-1]:
             raise Unavailable(f"bpftrace did not attach: {' | '.join(seen)}")
         fds = []
-        deadline = time.monotonic() + 10
+        # "Attaching" comes before the load: under TCG the program appears tens of seconds later
+        deadline = time.monotonic() + scaled(10)
         while not fds and time.monotonic() < deadline:
             for prog_id in set(bpfsys.prog_ids()) - before:
                 try:
@@ -105,6 +107,8 @@ def round_bpftrace(ns, binary: str) -> dict:
                 else:
                     os.close(fd)
             time.sleep(0.05)
+        if not fds:
+            raise Unavailable(f"no bpftrace kfree_skb program appeared within {scaled(10):.0f} s of 'Attaching'")
         if len(fds) != 1:
             raise RuntimeError(f"expected one bpftrace kfree_skb program, found {len(fds)}")
         try:
