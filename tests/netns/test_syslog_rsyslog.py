@@ -148,19 +148,20 @@ def spool_causes(rs) -> list[dict]:
             for s in e["netagent"]["agent"]["sinks"] if s["type"] == "syslog"]
 
 
-def syslog_status(events_file) -> dict:
-    """The syslog sink's status in the last heartbeat of the file sink's output ({} before one)."""
+def file_events(events_file) -> list[dict]:
+    """Every complete event line the file sink wrote so far."""
     try:
-        lines = events_file.read_text().splitlines()
+        with open(events_file, "rb") as f:
+            return [json.loads(line) for line in f if line.endswith(b"\n")]
     except FileNotFoundError:
-        return {}
-    for line in reversed(lines):
-        if '"heartbeat"' in line:
-            try:
-                sinks = json.loads(line)["netagent"]["agent"]["sinks"]
-            except ValueError:
-                continue  # the line being written right now
-            return next((s for s in sinks if s["type"] == "syslog"), {})
+        return []
+
+
+def syslog_status(events_file, pid: int | None = None) -> dict:
+    """The syslog sink's status in the last heartbeat (of agent `pid`) in the file sink's output."""
+    for event in reversed(file_events(events_file)):
+        if event["event"]["action"] == "heartbeat" and pid in (None, event["process"]["pid"]):
+            return next((s for s in event["netagent"]["agent"]["sinks"] if s["type"] == "syslog"), {})
     return {}
 
 
@@ -169,9 +170,15 @@ def syslog_delivery_failures(events_file) -> int:
     return syslog_status(events_file).get("delivery_failures", 0)
 
 
-def spooled_on_disk(events_file) -> int:
-    status = syslog_status(events_file)
+def spooled_on_disk(events_file, pid: int | None = None) -> int:
+    status = syslog_status(events_file, pid)
     return status.get("spooled", 0) - status.get("spool_held", 0)
+
+
+def drops_in_file(events_file, start: float, end: float) -> int:
+    """Drop events the agent emitted with a timestamp between start and end (wall clock)."""
+    return sum(1 for e in file_events(events_file) if e["event"]["dataset"] == "netagent.drops"
+               and start < _epoch(e["@timestamp"]) < end)
 
 
 def drops_received(rs):
@@ -179,7 +186,8 @@ def drops_received(rs):
 
 
 def test_collector_outage_every_event_arrives_in_order(tmp_path, rsyslog, dropping_ns, certs):
-    config = write_config(tmp_path, dropping_ns, rsyslog.address, certs.ca)
+    events_file = tmp_path / "events.json"
+    config = write_config(tmp_path, dropping_ns, rsyslog.address, certs.ca, events_file=str(events_file))
     agent = start_agent(config)
     try:
         wait_said(agent, "connected (TLS")
@@ -187,12 +195,15 @@ def test_collector_outage_every_event_arrives_in_order(tmp_path, rsyslog, droppi
         rsyslog.stop()
         outage_start = time.time()
         wait_said(agent, "cannot deliver")
-        time.sleep(4)  # drops continue; the agent spools
+        # drops continue; the agent spools (the file sink shows them being emitted)
+        assert wait_until(lambda: drops_in_file(events_file, outage_start + 0.5, time.time() - 0.5) >= 30,
+                          timeout=60)
         outage_end = time.time()
         assert agent.proc.poll() is None
         rsyslog.start()
         wait_said(agent, "spooled events first, in order")
-        time.sleep(2)
+        mark = drops_received(rsyslog)
+        assert wait_until(lambda: drops_received(rsyslog) >= mark + 20, timeout=60), "delivery goes on"
     finally:
         emitted = stop_agent(agent)
     events = [e for _, e in received(rsyslog)]
@@ -203,21 +214,22 @@ def test_collector_outage_every_event_arrives_in_order(tmp_path, rsyslog, droppi
     # the outage really happened while drops were being reported
     during = [e for e in by_seq.values() if e["event"]["dataset"] == "netagent.drops"
               and outage_start + 0.5 < _epoch(e["@timestamp"]) < outage_end - 0.5]
-    assert len(during) >= 20, "no drop events were produced during the outage"
+    assert len(during) >= 30, "the drop events produced during the outage arrived"
     assert all(e["event"]["reason"] == "NO_SOCKET" for e in during)
     assert by_seq[emitted]["event"]["action"] == "agent-stopped"
     assert by_seq[1]["event"]["action"] == "agent-started"
 
 
 def test_agent_restarted_while_collector_down(tmp_path, rsyslog, dropping_ns, certs):
-    config = write_config(tmp_path, dropping_ns, rsyslog.address, certs.ca)
+    events_file = tmp_path / "events.json"
+    config = write_config(tmp_path, dropping_ns, rsyslog.address, certs.ca, events_file=str(events_file))
     first = start_agent(config)
     try:
         wait_said(first, "connected (TLS")
         assert wait_until(lambda: drops_received(rsyslog) >= 10)
         rsyslog.stop()
         wait_said(first, "cannot deliver")
-        time.sleep(1.5)
+        assert wait_until(lambda: spooled_on_disk(events_file, first.proc.pid) >= 10, timeout=60)
     finally:
         emitted_first = stop_agent(first)
     assert any("stay in the spool" in line for line in first.stderr_lines)
@@ -225,11 +237,14 @@ def test_agent_restarted_while_collector_down(tmp_path, rsyslog, dropping_ns, ce
 
     second = start_agent(config)
     try:
-        wait_said(second, "left in the spool by a previous run will be sent first")
-        time.sleep(1.5)  # the new run produces events while the collector is still down
+        line = wait_said(second, "left in the spool by a previous run will be sent first")
+        left = int(re.search(r"(\d+) events left", line).group(1))
+        # the new run spools events of its own while the collector is still down
+        assert wait_until(lambda: spooled_on_disk(events_file, second.proc.pid) >= left + 10, timeout=60)
         rsyslog.start()
         wait_said(second, "spooled events first, in order")
-        time.sleep(1.5)
+        mark = drops_received(rsyslog)
+        assert wait_until(lambda: drops_received(rsyslog) >= mark + 10, timeout=60), "delivery goes on"
     finally:
         emitted_second = stop_agent(second)
     pid_second = second.proc.pid
@@ -266,7 +281,9 @@ def test_agent_killed_9_while_collector_down_keeps_its_spool(tmp_path, rsyslog, 
         assert spooled >= 20
         rsyslog.start()
         wait_said(second, "spooled events first, in order")
-        time.sleep(1)
+        # the killed run's spool arrived, then the new run's own events
+        assert wait_until(lambda: sum(1 for pid, _ in received(rsyslog) if pid == second.proc.pid) >= 10,
+                          timeout=60)
     finally:
         emitted_second = stop_agent(second)
     got = received(rsyslog)
