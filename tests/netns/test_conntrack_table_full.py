@@ -47,9 +47,9 @@ def empty_table(server):
     """Delete the entries the namespace holds before the limit is computed from
     their number. The fixture's ping left an ICMP entry with a 30 s timeout,
     and under TCG attaching takes longer than that: an expired entry still
-    counts until the gc worker reaps it, and the first table-full drop kicks
-    that worker (conntrack_gc_work.early_drop), so it was reaped mid-flood and
-    let one more flow in (6.12: drop 29 of the 30 expected, early_drop 0)."""
+    counts until conntrack's gc worker reaps it, which can happen mid-flood
+    and let one more flow in (seen on 6.12: drop 29 of the 30 expected,
+    early_drop 0)."""
     server.run("conntrack", "-F")
     assert kernel_count(server) == 0
 
