@@ -83,8 +83,10 @@ class Sandbox:
         self.proc.wait()
 
 
-def start_agent(tmp_path, kubernetes: dict, agent_table: str = 'heartbeat = "1s"'):
+def start_agent(tmp_path, kubernetes: dict, agent_table: str = 'heartbeat = "1s"', drops_filter: str = ""):
     """`netagent run` with the drop sensor alone (500 ms), a file sink and this [kubernetes] table.
+    `drops_filter`: more [sensors.drops] lines (host = "10.0.0.1": only that address's drops, so
+    other tests' traffic on a shared machine neither mixes in nor rotates the event file away).
     Returns (process, events path); its stderr is tmp_path/agent.stderr."""
     others = "".join(f"[sensors.{m.section}]\nenabled = false\n" for m in registry.load_modules()
                      if m.loaded and m.section != "drops")
@@ -96,6 +98,7 @@ def start_agent(tmp_path, kubernetes: dict, agent_table: str = 'heartbeat = "1s"
         {agent_table}
         [sensors.drops]
         interval = "500ms"
+        {drops_filter}
         [[sinks]]
         type = "file"
         path = "{events_path}"
