@@ -26,6 +26,7 @@ Metrics:
   netagent_sensor_up{sensor,attach_path}          1 attached, 0 off or failing
   netagent_queue_events / netagent_queue_capacity the pipeline queue
   netagent_config_last_reload_successful          0 after a rejected SIGHUP reload
+  netagent_thread_restarts_total{thread}          agent threads the watchdog restarted (netagent.watchdog)
   netagent_build_info{version,python,kernel}      always 1
   process_*                                       prometheus_client's process collector
 
@@ -298,6 +299,11 @@ class _AgentCollector:
             yield GaugeMetricFamily("netagent_config_last_reload_successful",
                                     "0 if the last SIGHUP reload was rejected (the old configuration runs on)",
                                     value=1 if snap["config_reload_ok"] else 0)
+        restarts = CounterMetricFamily("netagent_thread_restarts", "Agent threads the watchdog restarted after a "
+                                       "failure (the heartbeat has the reason)", labels=["thread"])
+        for rec in WATCHDOG.status()["threads"]:
+            restarts.add_metric([rec["thread"]], rec["restarts"])
+        yield restarts
         yield GaugeMetricFamily("netagent_start_time_seconds", "Start time of the agent (Unix seconds)",
                                 value=snap.get("start_time", 0))
 

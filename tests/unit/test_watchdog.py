@@ -71,6 +71,10 @@ def test_prometheus_http_thread_killed_is_restarted_counted_and_explained(capfd)
         assert wait_until(lambda: _answers(url)), "the /metrics endpoint did not come back"
         assert name in WATCHDOG.status()["running"]
         assert f"watchdog: thread {name} failed (KilledFromOutside" in capfd.readouterr().err
+        sink.observe_agent(lambda: {"lost": {}})  # the agent collector serves with a snapshot
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        assert f'netagent_thread_restarts_total{{thread="{name}"}} {float(before + 1)}' in text
     finally:
         sink.close(2)
     assert wait_until(lambda: name not in WATCHDOG.status()["running"]), "close() ends the thread"
