@@ -295,31 +295,54 @@ class ClusterPods:
         for uid in fresh:
             self._gone.pop(uid, None)
         self._pods = {**gone, **fresh}
-        self._publish(now)
+        self._expire(now)
+        self._publish()
 
     def _put(self, pod) -> None:
+        """ADDED or MODIFIED. Most MODIFIED events (status, readiness) change nothing we keep:
+        those leave the index as it is; a change copies it once (readers hold the old one)."""
         uid = pod.metadata.uid
-        self._gone.pop(uid, None)
-        self._pods = {**self._pods, uid: self._entry(pod)}
-        self._publish(self.clock())
+        entry = self._entry(pod)
+        old = self._pods.get(uid)
+        was_gone = self._gone.pop(uid, None) is not None
+        if old != entry or was_gone:
+            self._pods[uid] = entry
+            by_ip = dict(self.by_ip)
+            if old is not None:
+                for ip in old[0]:
+                    if by_ip.get(ip) is old[1]:
+                        del by_ip[ip]
+            for ip in entry[0]:
+                by_ip[ip] = entry[1]
+            self.by_ip = by_ip
+        if self._expire(self.clock()):
+            self._publish()
 
     def _forget(self, uid: str) -> None:
-        self._gone.setdefault(uid, self.clock())
-        self._publish(self.clock())
+        """DELETED: still named for the grace period (the pod's last events), then dropped."""
+        now = self.clock()
+        self._gone.setdefault(uid, now)
+        if self._expire(now):
+            self._publish()
 
-    def _publish(self, now: float) -> None:
+    def _expire(self, now: float) -> bool:
+        """Drop the pods deleted longer than the grace period ago; True if there were any."""
         expired = [uid for uid, when in self._gone.items() if now - when > self.grace]
-        if expired:
-            pods = dict(self._pods)
-            for uid in expired:
-                pods.pop(uid, None)
-                del self._gone[uid]
-            self._pods = pods
+        for uid in expired:
+            self._pods.pop(uid, None)
+            del self._gone[uid]
+        return bool(expired)
+
+    def _publish(self) -> None:
+        """The IP index from scratch (after a list, or when deleted pods expire)."""
         by_ip: dict[str, dict] = {}
+        gone = self._gone
         # deleted pods first, so an IP already reused names the pod that has it now
-        for uid, (ips, peer) in sorted(self._pods.items(), key=lambda item: item[0] not in self._gone):
-            for ip in ips:
-                by_ip[ip] = peer
+        for live in (False, True):
+            for uid, (ips, peer) in self._pods.items():
+                if (uid not in gone) is live:
+                    for ip in ips:
+                        by_ip[ip] = peer
         self.by_ip = by_ip
 
     # -- owners ------------------------------------------------------------------------

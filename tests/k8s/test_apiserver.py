@@ -72,6 +72,20 @@ def test_pods_of_the_cluster_named_by_ip_with_their_workload(lab, tmp_path):
         wait_for(lambda: "10.244.4.4" in cluster.peers(), 30, "a new pod through the watch")
         assert cluster.peers()["10.244.4.4"]["workload"] == "Deployment/api"
         assert cluster.lists == lists
+
+        # a status change that leaves IP and owner as they were leaves the index as it was
+        index, seen = cluster.by_ip, cluster.watch_events
+        pod = lab.pods[("payments", "api-7d9f8-n3w")]
+        pod["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+        lab.put_pod(pod)
+        wait_for(lambda: cluster.watch_events > seen, 30, "the MODIFIED event")
+        assert cluster.by_ip is index
+        # a new IP (the pod re-created its sandbox) moves the name
+        pod["status"]["podIP"], pod["status"]["podIPs"] = "10.244.4.5", [{"ip": "10.244.4.5"}]
+        lab.put_pod(pod)
+        wait_for(lambda: "10.244.4.5" in cluster.peers(), 30, "the new IP through the watch")
+        assert "10.244.4.4" not in cluster.peers()
+        assert cluster.peers()["10.244.4.5"]["pod"] == "api-7d9f8-n3w"
     finally:
         cluster.stop()
 
