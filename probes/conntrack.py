@@ -333,7 +333,9 @@ class ConntrackSensor(CounterHandover, Sensor):
         self._buffers = None
         self._active = 0
         self._plan: KprobePlan | None = None
-        self._drops = None  # DropSensor in correlation mode
+        self._drops = None  # DropSensor of our own in correlation mode
+        self._feed = None  # or a FlowSubscription to the running drop sensor's flows (one kfree_skb program)
+        self._feed_lost = 0  # correlation flows the subscription could not keep (counted)
         self._to_wall = MonotonicToWall()
         self._lost_full = 0
         self._lost_context = 0
@@ -527,18 +529,27 @@ class ConntrackSensor(CounterHandover, Sensor):
                 self._drops.detach()
             finally:
                 self._drops = None
+        if self._feed is not None:
+            self._feed_lost = self._feed.lost
+            self._feed.close()
+            self._feed = None
 
     def losses(self) -> dict[str, int]:
         self._note_drop_losses()
         kernel = self._lost_full + self._lost_context + self._missed_returns + self._drop_losses.get("kernel", 0)
-        return {"kernel": kernel}
+        return {"kernel": kernel + self._shared_lost()}
 
     def loss_details(self) -> dict[str, int]:
         self._note_drop_losses()
         out = {"map_full": self._lost_full, "context_lost": self._lost_context,
                "kretprobe_missed": self._missed_returns}
+        if self._feed is not None or self._feed_lost:
+            out["shared_flows_full"] = self._shared_lost()
         out.update({f"drops_{k}": v for k, v in self._drop_loss_details.items()})
         return out
+
+    def _shared_lost(self) -> int:
+        return self._feed.lost if self._feed is not None else self._feed_lost
 
     def _note_drop_losses(self):
         """Keep the correlation drop sensor's (cumulative) losses past its detach."""
@@ -683,9 +694,15 @@ class ConntrackSensor(CounterHandover, Sensor):
         return plan.describe()
 
     def _attach_correlation(self) -> str:
-        from netagent.probes.drops import DropFilters, DropSensor  # noqa: PLC0415
+        from netagent.probes.drops import FEED, DropFilters, DropSensor  # noqa: PLC0415
 
         only = self._filter_netns()
+        # the drop sensor of `netagent run` already sees every drop: take its flows
+        # rather than loading a second program that every drop would pay for
+        feed = FEED.subscribe(NETFILTER_DROP, netns=only)
+        if feed is not None:
+            self._feed = feed
+            return CORRELATION_PATH.format(feed.attach_path)
         spec = self._namespaces[only].path if only else ""
         sensor = DropSensor(DropFilters(netns=spec, reasons=[NETFILTER_DROP]), interval=self.interval,
                             announce=self.announce)
@@ -694,13 +711,23 @@ class ConntrackSensor(CounterHandover, Sensor):
         return CORRELATION_PATH.format(path)
 
     def _drain_per_packet(self, now: float) -> list[dict]:
+        if self._feed is not None:
+            events = self._feed.take(now)
+            if self._feed.gone:  # the drop sensor went (a reload turned it off): load our own
+                self._feed_lost = self._feed.lost
+                self._feed.close()
+                self._feed = None
+                try:
+                    path = self._attach_correlation()
+                    self.attach_path = COUNTERS_PATH + f" + {path}"
+                    self.announce(f"conntrack: the drop sensor stopped; correlation now through {path}")
+                except (ProbeUnavailable, InsufficientPrivilege) as exc:
+                    self.per_packet_mode, self.attach_path = "off", COUNTERS_PATH
+                    self.announce(f"conntrack: the drop sensor stopped and correlation failed ({exc}): "
+                                  "counters only")
+            return self._named(events)
         if self._drops is not None:
-            # the drop sensor leaves interface names to the enrichment stage; the
-            # correlation (per-flow "interfaces") needs them before that stage
-            from netagent.enrich.processors import interface_namer  # noqa: PLC0415
-
-            name = interface_namer()
-            return [name(e) for e in self._drops.poll()]
+            return self._named(self._drops.poll())
         if self._bpf is None:
             return []
         old = self._buffers[self._active]
@@ -723,6 +750,15 @@ class ConntrackSensor(CounterHandover, Sensor):
         events.sort(key=lambda e: e["netagent"]["conntrack"]["count"], reverse=True)
         self._update_bpf_losses()
         return events
+
+    @staticmethod
+    def _named(events: list[dict]) -> list[dict]:
+        # the drop sensor leaves interface names to the enrichment stage; the
+        # correlation (per-flow "interfaces") needs them before that stage
+        from netagent.enrich.processors import interface_namer  # noqa: PLC0415
+
+        name = interface_namer()
+        return [name(e) for e in events]
 
     def _update_bpf_losses(self):
         lost = self._bpf[b"lost"]

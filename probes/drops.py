@@ -303,6 +303,7 @@ class DropSensor(Sensor):
         self._buffers = None
         self._active = 0
         self._drain_lock = threading.Lock()
+        self._held: list[tuple[FlowTuple, FlowTotals]] = []  # drained by flush_to_feed, for the next poll
         self._reasons: dict[int, str] = {}
         self._has_reason = True
         self._symbolizer = shared_symbolizer()
@@ -433,6 +434,8 @@ class DropSensor(Sensor):
             marker = predecessor._loaded.maps["handover_marker"].fd
             loaded.maps["pred_marker"].update(_ZERO_KEY, marker.to_bytes(4, "little"))
             self._set_handover(HANDOVER_NORMAL)
+        if self.filters == DropFilters():  # every drop: what it sees, it can pass on (FEED)
+            FEED.add_publisher(self)
         return self.attach_path
 
     # -- reload hand-over (handover_state in drops.bpf.c) ----------------------------
@@ -501,18 +504,36 @@ class DropSensor(Sensor):
                 if self._loaded is None:
                     return []
                 flows = self._swap_and_drain()
-            now = time.time()
-            reasons, has_reason, symbolize, to_wall = self._reasons, self._has_reason, self._symbolizer.symbolize, \
-                self._to_wall
-            # interface and namespace names are filled in by the enrichment stage (netagent.enrich)
-            events = [render_flow(key, val, reasons=reasons, has_reason=has_reason, symbolize=symbolize,
-                                  interface=None, netns_name=None, to_wall=to_wall, now=now)
-                      for key, val in flows]
+                FEED.publish(self, flows)
+                if self._held:  # drained early for a FEED subscriber (flush_to_feed): this poll's too
+                    flows = _merged(self._held + flows)
+                    self._held = []
+            events = self.render(flows, time.time())
         events.sort(key=_drop_count, reverse=True)
         self._update_losses()
         return events
 
+    def flush_to_feed(self) -> None:
+        """Drain now and pass the flows on to FEED's subscribers (a subscriber about to
+        take them wants them up to this moment); this sensor's next poll reports them."""
+        with self._drain_lock:
+            if self._loaded is None:
+                return
+            flows = self._swap_and_drain()
+            FEED.publish(self, flows)
+            self._held.extend(flows)
+
+    def render(self, flows: list[tuple["FlowTuple", "FlowTotals"]], now: float) -> list[dict]:
+        """Flows drained by this sensor (or passed on by FEED) as events."""
+        reasons, has_reason, symbolize, to_wall = self._reasons, self._has_reason, self._symbolizer.symbolize, \
+            self._to_wall
+        # interface and namespace names are filled in by the enrichment stage (netagent.enrich)
+        return [render_flow(key, val, reasons=reasons, has_reason=has_reason, symbolize=symbolize,
+                            interface=None, netns_name=None, to_wall=to_wall, now=now)
+                for key, val in flows]
+
     def detach(self) -> None:
+        FEED.remove_publisher(self)
         if self._loaded is not None:
             try:
                 self._loaded.close()  # closing the link detaches; the last fd frees program and maps
@@ -723,12 +744,135 @@ def _merge(total: list[int], val) -> None:
         total[3] = last
 
 
+def _merged(flows: list[tuple[FlowTuple, FlowTotals]]) -> list[tuple[FlowTuple, FlowTotals]]:
+    """Flows drained at different times, one per key (_merge's rules)."""
+    totals: dict[FlowTuple, list[int]] = {}
+    for key, val in flows:
+        total = totals.get(key)
+        if total is None:
+            totals[key] = total = [0, 0, 0, 0]
+        _merge(total, val)
+    return [(k, FlowTotals._make(v)) for k, v in totals.items()]
+
+
 def sum_per_cpu(copies: list[bytes]) -> FlowTotals:
     """The per-CPU copies of one value added up (_merge's rules)."""
     total = [0, 0, 0, 0]
     for raw in copies:
         _merge(total, _FLOW_VAL.unpack_from(raw))
     return FlowTotals._make(total)
+
+
+class FlowFeed:
+    """The flows of this process's unfiltered drop sensors, passed on to a consumer
+    that would otherwise load a second kfree_skb program of its own.
+
+    The conntrack sensor, on kernels without kprobes, joins NETFILTER_DROP flows
+    to its counter rises; when `netagent run` runs the drop sensor too, every
+    drop would pay for two programs. Instead the drop sensor, each time it
+    drains its buffers, hands the flows to subscriptions here (FlowSubscription:
+    one reason, optionally one namespace), which add them up until their owner
+    takes them. Exactness: a reload's successor and predecessor hand over
+    between two drops (drops.bpf.c handover_state), so the flows both publish
+    are each counted once; a subscription that outgrows its bound counts what it
+    could not keep. When the last publisher detaches, subscriptions learn it
+    (`gone`) and their owner loads its own program.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._publishers: list[DropSensor] = []
+        self._subscriptions: list[FlowSubscription] = []
+
+    def _publishing(self, sensor) -> bool:
+        return any(p is sensor for p in self._publishers)  # by identity: sensors never compare equal
+
+    def add_publisher(self, sensor: "DropSensor") -> None:
+        with self._lock:
+            if not self._publishing(sensor):
+                self._publishers.append(sensor)
+
+    def remove_publisher(self, sensor: "DropSensor") -> None:
+        with self._lock:
+            self._publishers = [p for p in self._publishers if p is not sensor]
+            if not self._publishers:
+                for sub in self._subscriptions:
+                    sub.gone = True
+
+    def subscribe(self, reason_name: str, netns: int = 0, max_flows: int = MAX_FLOWS) -> "FlowSubscription | None":
+        """A subscription to the flows of drop reason `reason_name` (in namespace inode
+        `netns`, 0 = all), or None when no unfiltered drop sensor is attached here."""
+        with self._lock:
+            if not self._publishers:
+                return None
+            sensor = self._publishers[-1]
+            value = next((v for v, name in sensor._reasons.items() if name == reason_name), None)
+            if value is None:
+                return None
+            sub = FlowSubscription(self, sensor, value, netns, max_flows)
+            self._subscriptions.append(sub)
+            return sub
+
+    def unsubscribe(self, sub: "FlowSubscription") -> None:
+        with self._lock:
+            if sub in self._subscriptions:
+                self._subscriptions.remove(sub)
+
+    def flush(self) -> None:
+        """Every publisher drains now (DropSensor.flush_to_feed)."""
+        with self._lock:
+            publishers = list(self._publishers)
+        for sensor in publishers:
+            sensor.flush_to_feed()
+
+    def publish(self, sensor: "DropSensor", flows: list) -> None:
+        with self._lock:
+            if not self._publishing(sensor):
+                return
+            subs = list(self._subscriptions)
+        for sub in subs:
+            sub.add(flows)
+
+
+class FlowSubscription:
+    """Flows of one reason (and namespace) added up between two take() calls."""
+
+    def __init__(self, feed: FlowFeed, sensor: "DropSensor", reason: int, netns: int, max_flows: int):
+        self._feed, self.sensor, self.reason, self.netns, self.max_flows = feed, sensor, reason, netns, max_flows
+        self._lock = threading.Lock()
+        self._flows: dict[FlowTuple, list[int]] = {}
+        self.lost = 0  # drops of flows past max_flows, counted, not kept
+        self.gone = False  # no drop sensor publishes any more: nothing will arrive
+
+    @property
+    def attach_path(self) -> str:
+        return f"{self.sensor.attach_path}, shared with the drop sensor"
+
+    def add(self, flows: list) -> None:
+        with self._lock:
+            for key, val in flows:
+                if key.reason != self.reason or (self.netns and key.netns != self.netns):
+                    continue
+                total = self._flows.get(key)
+                if total is None:
+                    if len(self._flows) >= self.max_flows:
+                        self.lost += val.count
+                        continue
+                    self._flows[key] = total = [0, 0, 0, 0]
+                _merge(total, val)
+
+    def take(self, now: float) -> list[dict]:
+        """The flows up to now since the last take, as drop events."""
+        self._feed.flush()
+        with self._lock:
+            flows, self._flows = self._flows, {}
+        return self.sensor.render([(k, FlowTotals._make(v)) for k, v in flows.items()], now)
+
+    def close(self) -> None:
+        self._feed.unsubscribe(self)
+
+
+FEED = FlowFeed()
 
 
 def _drop_count(event: dict) -> int:
