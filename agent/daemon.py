@@ -27,7 +27,7 @@ from netagent.configschema import SchemaError
 from netagent.errors import AgentError, ConfigError, InsufficientPrivilege, ProbeUnavailable, UsageError
 from netagent.events import new_event
 from netagent.log import log
-from netagent.memtrim import release_startup_memory
+from netagent.memtrim import release_startup_memory, tune_allocator
 from netagent.pipeline import PLACES, Pipeline
 from netagent.sinks import sink_class
 from netagent.watchdog import WATCHDOG
@@ -385,6 +385,7 @@ class Daemon:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        tune_allocator()  # before any thread: each would get a malloc arena of its own
         cfg = self.config
         sinks = self._start_sinks(cfg.sinks, cfg.source)
         from netagent.enrich.stage import Enricher

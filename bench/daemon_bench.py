@@ -52,10 +52,14 @@ def compile_bytecode() -> list[str]:
     return roots
 
 
-def version_floor() -> float:
+def version_floor() -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of `netagent --version`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     subprocess.run([NETAGENT, "--version"], capture_output=True, check=True)
-    return time.monotonic() - t0
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def compile_peak_mb(cache_dir: str) -> float:
@@ -131,15 +135,21 @@ def main() -> int:
             break
     agent.terminate()
     agent.wait(timeout=60)
-    floors, starts, rss_after = [], [], []
+    floors, floor_cpus, starts, start_cpus, rss_after = [], [], [], [], []
     for i in range(ROUNDS):
-        floors.append(version_floor())
+        wall, cpu = version_floor()
+        floors.append(wall)
+        floor_cpus.append(cpu)
         a, seconds = start_agent(config)
         starts.append(seconds)
+        # CPU the agent spent up to "started": the part of the start-up time a
+        # loaded machine does not inflate (wall time waits for the CPUs too)
+        start_cpus.append(sum(cpu_seconds(a.proc.pid)))
         time.sleep(2)
         rss_after.append(rss_mb(a.proc.pid))
         a.stop()
-        print(f"start round {i}: {seconds:.2f}s (floor {floors[-1]:.2f}s), rss {rss_after[-1]:.1f} MB", flush=True)
+        print(f"start round {i}: {seconds:.2f}s, {start_cpus[-1]:.2f} CPU s (floor {wall:.2f}s, {cpu:.2f} CPU s), "
+              f"rss {rss_after[-1]:.1f} MB", flush=True)
     soaked = soak(config, storm)
     print(f"soak {SOAK:.0f}s: growth {soaked['rss_growth_mb']:.2f} MB", flush=True)
     quiet = idle(config)
@@ -151,6 +161,9 @@ def main() -> int:
         "python_bytecode": f"compiled before the rounds (compileall {' '.join(compiled)})",
         "start_seconds_warm_cache": rounded(spread(starts), 3),
         "start_seconds_floor_netagent_version": rounded(spread(floors), 3),
+        "start_cpu_seconds_warm_cache": rounded(spread(start_cpus), 3),
+        "start_cpu_seconds_floor_netagent_version": rounded(spread(floor_cpus), 3),
+        "load_average_at_end": os.getloadavg(),
         "start_seconds_cold_cache": round(cold, 3) if cold else None,
         "rss_mb_steady": rounded(spread(rss_after), 1),
         "soak_seconds": SOAK, "soak": soaked,
