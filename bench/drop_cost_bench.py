@@ -12,18 +12,21 @@ counts are checked against the kernel's Udp NoPorts every round.
 Target (issue 12): netagent on its default path <= 0.8 x bpftrace.
 Writes bench/results/drop_cost.json.
 
-    drop_cost_bench.py [--paths all|VARIANT,...] [--json-out FILE]
+    drop_cost_bench.py [--paths all|VARIANT,...] [--together] [--json-out FILE]
 
 --paths: the variants to run, from bpftrace, tp_btf, raw_tracepoint,
 tracepoint and kprobe (default: bpftrace and the three tracepoint paths, the
 set drop_cost.json holds). `all` is every attach path this kernel has, plus
 bpftrace if it attaches here; the others are listed under "unavailable" with
-the reason. --json-out writes the result there instead (bench/vm_drop_cost_bench.py
-runs this inside VMs with both). Exit codes: 2 usage, 69 a variant named in
+the reason. --together attaches every variant once for all rounds, so each
+round's flood runs every program on the same drops (under TCG one load takes
+minutes, so attaching per round does not fit). --json-out writes the result
+there instead (bench/vm_drop_cost_bench.py runs this inside VMs with all three). Exit codes: 2 usage, 69 a variant named in
 --paths is unavailable on this kernel.
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,37 +55,58 @@ class Unavailable(Exception):
     """A variant this kernel (or this machine) cannot run; the message says why."""
 
 
-def measure(prog_fd: int, ns, binary: str) -> dict:
-    s0 = prog_stats(prog_fd)
+def measure_all(prog_fds: dict[str, int], ns, binary: str) -> dict[str, dict]:
+    """One flood; each program's ns per drop over it (all attached programs see the same drops)."""
+    s0 = {v: prog_stats(fd) for v, fd in prog_fds.items()}
     before = noports(ns)
     sent, elapsed = flood(ns, binary, SECONDS)
-    s1 = prog_stats(prog_fd)
-    runs = s1.run_cnt - s0.run_cnt
-    return {"ns_per_drop": (s1.run_time_ns - s0.run_time_ns) / max(runs, 1), "runs": runs, "sent": sent,
-            "noports_delta": noports(ns) - before, "pps": sent / elapsed}
+    s1 = {v: prog_stats(fd) for v, fd in prog_fds.items()}
+    delta = noports(ns) - before
+    out = {}
+    for v in prog_fds:
+        runs = s1[v].run_cnt - s0[v].run_cnt
+        if runs == 0 and delta > 0:
+            raise RuntimeError(f"{v or 'program'} did not run over {delta} drops (kernel.bpf_stats_enabled off?)")
+        out[v] = {"ns_per_drop": (s1[v].run_time_ns - s0[v].run_time_ns) / max(runs, 1), "runs": runs,
+                  "sent": sent, "noports_delta": delta, "pps": sent / elapsed}
+    return out
 
 
-def round_netagent(path: str, ns, binary: str) -> dict:
+def measure(prog_fd: int, ns, binary: str) -> dict:
+    return measure_all({"": prog_fd}, ns, binary)[""]
+
+
+def attach_netagent(path: str) -> tuple[DropSensor, float]:
+    """An attached drop sensor on `path` and the seconds attaching took; Unavailable if this kernel lacks it."""
     sensor = DropSensor(attach=path)
     t0 = time.monotonic()
     try:
         sensor.attach()
     except ProbeUnavailable as exc:
         raise Unavailable(str(exc)) from exc
-    attach_s = time.monotonic() - t0
-    try:
-        out = measure(sensor.prog_fd, ns, binary)
-        events = sensor.poll()
-    finally:
-        sensor.detach()
-    counted = sum(e["netagent"]["drop"]["count"] for e in events
+    return sensor, time.monotonic() - t0
+
+
+def checked(out: dict, sensor: DropSensor, ns) -> dict:
+    """`out` with what the sensor counted for the flood, and whether that equals NoPorts and the datagrams sent."""
+    counted = sum(e["netagent"]["drop"]["count"] for e in sensor.poll()
                   if e["netagent"]["drop"]["netns"] == ns.inode and e["event"]["reason"] == "NO_SOCKET"
                   and e["network"].get("transport") == "udp")
-    return dict(out, attach_path=sensor.attach_path, attach_seconds=attach_s, counted=counted,
+    return dict(out, attach_path=sensor.attach_path, counted=counted,
                 exact=counted == out["noports_delta"] == out["sent"])
 
 
-def round_bpftrace(ns, binary: str) -> dict:
+def round_netagent(path: str, ns, binary: str) -> dict:
+    sensor, attach_s = attach_netagent(path)
+    try:
+        return dict(checked(measure(sensor.prog_fd, ns, binary), sensor, ns), attach_seconds=attach_s)
+    finally:
+        sensor.detach()
+
+
+@contextlib.contextmanager
+def bpftrace_attached():
+    """The fd of the running bpftrace counter's program; bpftrace is stopped on exit."""
     before = set(bpfsys.prog_ids())
     proc = subprocess.Popen(["bpftrace", "-e", BPFTRACE], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -102,7 +126,7 @@ def round_bpftrace(ns, binary: str) -> dict:
                     fd = bpfsys.prog_fd_by_id(prog_id)
                 except FileNotFoundError:  # gone meanwhile: bpftrace's feature probes load and unload programs
                     continue
-                if "kfree" in prog_stats(fd).name or "tracepoint" in prog_stats(fd).name:
+                if "kfree" in prog_stats(fd).name:  # bpftrace names it after the tracepoint
                     fds.append(fd)
                 else:
                     os.close(fd)
@@ -112,7 +136,7 @@ def round_bpftrace(ns, binary: str) -> dict:
         if len(fds) != 1:
             raise RuntimeError(f"expected one bpftrace kfree_skb program, found {len(fds)}")
         try:
-            return dict(measure(fds[0], ns, binary), program=prog_stats(fds[0]).name)
+            yield fds[0]
         finally:
             os.close(fds[0])
     finally:
@@ -122,6 +146,42 @@ def round_bpftrace(ns, binary: str) -> dict:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
+
+
+def round_bpftrace(ns, binary: str) -> dict:
+    with bpftrace_attached() as fd:
+        return dict(measure(fd, ns, binary), program=prog_stats(fd).name)
+
+
+def rounds_together(variants: list[str], ns, binary: str, unavailable: dict) -> dict[str, list[dict]]:
+    """Every variant attached at once, for all rounds: each drop runs each program, so a round's
+    ratios compare the programs over the very same drops (attach once: under TCG a load takes
+    minutes). Programs on one hook run in attach order, which stays the same in every round."""
+    with contextlib.ExitStack() as stack:
+        fds, sensors = {}, {}
+        for v in variants:
+            try:
+                if v == "bpftrace":
+                    fds[v] = stack.enter_context(bpftrace_attached())
+                    print(f"bpftrace: program {prog_stats(fds[v]).name}", flush=True)
+                else:
+                    sensor, _ = attach_netagent(v.split()[-1])
+                    stack.callback(sensor.detach)
+                    sensors[v], fds[v] = sensor, sensor.prog_fd
+            except Unavailable as exc:
+                print(f"{v}: unavailable here: {exc}", flush=True)
+                unavailable[v] = str(exc)
+        rounds: dict[str, list[dict]] = {v: [] for v in fds}
+        for i in range(ROUNDS):
+            out = measure_all(fds, ns, binary)
+            for v, r in out.items():
+                r = checked(r, sensors[v], ns) if v in sensors else r
+                r["round"], r["t"] = i, time.time()
+                rounds[v].append(r)
+                print(f"round {i} {v}: {r['ns_per_drop']:.0f} ns/drop over {r['runs']} runs"
+                      + (f", counted {r['counted']} of {r['sent']} sent, NoPorts +{r['noports_delta']}"
+                         if "exact" in r else ""), flush=True)
+        return rounds
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -134,6 +194,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--paths", default=",".join(DEFAULT_VARIANTS),
                    help="all, or a comma list of: bpftrace, " + ", ".join(ALL_NETAGENT_PATHS))
     p.add_argument("--json-out", metavar="FILE", help="write the result here instead of bench/results/drop_cost.json")
+    p.add_argument("--together", action="store_true",
+                   help="attach every variant once, for all rounds, instead of each alone in every round")
     args = p.parse_args(argv)
     if args.paths == "all":
         args.variants, args.required = ("bpftrace",) + ALL_NETAGENT_PATHS, False
@@ -176,7 +238,12 @@ def main(argv=None) -> int:
     rounds: dict[str, list[dict]] = {v: [] for v in variants}
     try:
         with BpfStats():
-            for i in range(ROUNDS):
+            if args.together:
+                rounds = rounds_together(variants, ns, binary, unavailable)
+                if args.required and unavailable:
+                    print(f"drop_cost_bench: unavailable here: {unavailable}", file=sys.stderr)
+                    return EX_UNAVAILABLE
+            for i in range(0 if args.together else ROUNDS):
                 order = variants[i % len(variants):] + variants[:i % len(variants)]
                 for v in order:
                     try:
@@ -209,6 +276,8 @@ def main(argv=None) -> int:
         "benchmark": "kernel ns per kfree_skb drop (run_time_ns/run_cnt), UDP flood to 127.0.0.1:9 in a namespace",
         "reference": f"bpftrace -e '{BPFTRACE}'",
         "rounds": ROUNDS, "seconds_per_round": SECONDS,
+        "method": ("all variants attached at once; each round one flood" if args.together
+                   else "each variant alone, attached per round, in rotating order"),
         "attach_paths": {v: rs[0]["attach_path"] for v, rs in rounds.items() if v != "bpftrace"},
         "unavailable": unavailable,
         "ns_per_drop": cost,
