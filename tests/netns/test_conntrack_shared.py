@@ -8,70 +8,62 @@ program that every drop on the node would pay for; the counts stay the
 kernel's. When the drop sensor goes, the conntrack sensor loads its own.
 """
 
+import contextlib
+
 import pytest
 
-from netagent.conntrack.stats import delta
 from netagent.probes.conntrack import ConntrackSensor, kprobes_unavailable_reason
 from netagent.probes.drops import DropSensor
-from test_conntrack_lab import UDP_NEW_FLOWS, conntrack_max, ct_pair, kernel_count, kernel_counters  # noqa: F401
-from test_conntrack_lab import run_py, settled_counters
-from test_conntrack_table_full import FLOWS, HEADROOM, actions, empty_table, overflowed
+from test_conntrack_lab import ct_pair  # noqa: F401 - a fixture
+from test_conntrack_table_full import actions, fill_the_table
 from timescale import scaled
 
 pytestmark = pytest.mark.skipif(kprobes_unavailable_reason() is None,
                                 reason="kernel has kprobes: the conntrack sensor uses them, not correlation")
 
 
-@pytest.mark.timeout(scaled(120))
-def test_table_full_flows_come_from_the_drop_sensors_program(ct_pair):
-    client, server = ct_pair
+@contextlib.contextmanager
+def drops_and_conntrack(server, notes=None):
+    """The drop sensor, then the conntrack sensor watching `server`, as `netagent run` attaches them."""
     drops = DropSensor()
     drops.attach()
-    sensor = ConntrackSensor(netns=[server.name], interval=0.5, per_packet="correlation")
-    events = []
+    sensor = ConntrackSensor(netns=[server.name], interval=0.5, per_packet="correlation",
+                             announce=(notes.append if notes is not None else None))
     try:
         sensor.attach()
         assert "shared with the drop sensor" in sensor.attach_path, sensor.attach_path
-        empty_table(server)
-        before = kernel_counters(server)
-        limit = kernel_count(server) + HEADROOM
-        with conntrack_max(limit):
-            run_py(client, UDP_NEW_FLOWS, "10.78.0.2", 9999, FLOWS)
-            overflowed(server, before)
-            drops.poll()  # the daemon's drop runner, every second
-            events += sensor.poll()
-        after = settled_counters(server)
-        drops.poll()
-        events += sensor.poll()
+        yield drops, sensor
     finally:
         sensor.detach()
         drops.detach()
-    kernel = delta(before, after)
+
+
+@pytest.mark.timeout(scaled(120))
+def test_table_full_flows_come_from_the_drop_sensors_program(ct_pair):
+    client, server = ct_pair
+    with drops_and_conntrack(server) as (drops, sensor):
+        def poll():
+            drops.poll()  # the daemon's drop runner polls too, every second
+            return sensor.poll()
+
+        events, kernel, _ = fill_the_table(client, server, poll)
+        losses = sensor.losses()
     assert kernel["drop"] >= 1
     flows = [e for e in actions(events, "table-full") if "count" in e["netagent"]["conntrack"]]
     assert sum(e["netagent"]["conntrack"]["count"] for e in flows) == kernel["drop"]
     for e in flows:
         assert e["netagent"]["conntrack"]["attribution"] == "correlation"
         assert e["destination"] == {"ip": "10.78.0.2", "port": 9999}
-    assert sensor.losses() == {"kernel": 0}
+    assert losses == {"kernel": 0}
 
 
 @pytest.mark.timeout(scaled(120))
 def test_without_the_drop_sensor_the_conntrack_sensor_loads_its_own(ct_pair):
     _, server = ct_pair
-    drops = DropSensor()
-    drops.attach()
-    sensor = ConntrackSensor(netns=[server.name], interval=0.5, per_packet="correlation")
     notes = []
-    sensor.announce = notes.append
-    try:
-        sensor.attach()
-        assert "shared with the drop sensor" in sensor.attach_path
+    with drops_and_conntrack(server, notes) as (drops, sensor):
         drops.detach()  # a reload turned the drop sensor off
         sensor.poll()
         assert sensor.per_packet_mode == "correlation"
         assert "shared" not in sensor.attach_path and "correlation" in sensor.attach_path, sensor.attach_path
         assert any("the drop sensor stopped" in n for n in notes), notes
-    finally:
-        sensor.detach()
-        drops.detach()

@@ -54,6 +54,23 @@ def empty_table(server):
     assert kernel_count(server) == 0
 
 
+def fill_the_table(client, server, poll) -> tuple[list[dict], dict, int]:
+    """FLOWS new flows into `server` with the table limited to HEADROOM more entries;
+    the events of `poll()` (once while the limit holds, once after), the kernel's
+    counter rises over the same span, and the limit."""
+    empty_table(server)
+    before = kernel_counters(server)
+    limit = kernel_count(server) + HEADROOM
+    events = []
+    with conntrack_max(limit):
+        run_py(client, UDP_NEW_FLOWS, "10.78.0.2", 9999, FLOWS)
+        overflowed(server, before)
+        events += poll()  # read while the limit holds: the table is at 100%
+    after = settled_counters(server)
+    events += poll()
+    return events, delta(before, after), limit
+
+
 def actions(events, action):
     return [e for e in events if e["event"]["action"] == action]
 
@@ -63,20 +80,10 @@ def test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts(ct_pair
     client, server = ct_pair
     sensor = ConntrackSensor(netns=[server.name], interval=0.5)
     sensor.attach()
-    events = []
     try:
-        empty_table(server)
-        before = kernel_counters(server)
-        limit = kernel_count(server) + HEADROOM
-        with conntrack_max(limit):
-            run_py(client, UDP_NEW_FLOWS, "10.78.0.2", 9999, FLOWS)
-            overflowed(server, before)
-            events += sensor.poll()  # read while the limit holds: the table is at 100%
-        after = settled_counters(server)
-        events += sensor.poll()
+        events, kernel, limit = fill_the_table(client, server, sensor.poll)
     finally:
         sensor.detach()
-    kernel = delta(before, after)
     # the kernel did overflow: every flow beyond the limit was dropped or evicted an entry
     assert kernel["drop"] + kernel["early_drop"] >= FLOWS - HEADROOM
     for name in ("drop", "early_drop", "insert_failed", "clash_resolve", "chaintoolong", "invalid"):
