@@ -207,7 +207,7 @@ def our_bpf(pid: int | None = None) -> dict:
     """What the agent has in the kernel: programs it holds (bpftool's pids), all
     tracing programs, kprobe_events lines and perf-event links."""
     progs = bpf_programs()
-    held = [p["id"] for p in progs if pid and any(h.get("pid") == pid for h in p.get("pids", []))]
+    held = {p["id"] for p in progs if pid and any(h.get("pid") == pid for h in p.get("pids", []))}
     tracing = [{"id": p["id"], "type": p.get("type"), "name": p.get("name"),
                 "pids": [h.get("comm") for h in p.get("pids", [])]} for p in progs if p.get("type") in TRACING_TYPES]
     try:
@@ -220,7 +220,10 @@ def our_bpf(pid: int | None = None) -> dict:
         perf_links = json.loads(perf or "[]")
     except ValueError:
         perf_links = []
-    return {"held_ids": held, "tracing": tracing, "kprobe_events": kprobe_events, "perf_links": perf_links,
+    # Debian's bpftool names no holders in `prog show` (no pids); its perf
+    # list names the process holding each attached program
+    held |= {link["prog_id"] for link in perf_links if pid and link.get("pid") == pid}
+    return {"held_ids": sorted(held), "tracing": tracing, "kprobe_events": kprobe_events, "perf_links": perf_links,
             "agent_processes": run("pgrep", "-a", "-f", "/usr/bin/netagent").stdout.splitlines()}
 
 
@@ -423,7 +426,11 @@ def drops():
     sh("ip", "neigh", "replace", "10.213.0.2", "lladdr", mac, "dev", "veth-pod")
     ifindex = int(pod.run("cat", "/sys/class/net/eth0/ifindex").stdout)
     decoy = run("ip", "link", "add", "decoy0", "index", str(ifindex), "type", "dummy")
-    r["decoy"] = {"ifindex": ifindex, "made": decoy.returncode == 0, "error": decoy.stderr.strip()}
+    # the index may be taken already in the host namespace: that link is the decoy then
+    taken = run("ip", "-o", "link", "show").stdout.splitlines()
+    r["decoy"] = {"ifindex": ifindex, "made": decoy.returncode == 0, "error": decoy.stderr.strip(),
+                  "host_link": next((line.split(":")[1].strip().split("@")[0] for line in taken
+                                     if line.startswith(f"{ifindex}:")), None)}
     r["pod_inode"], r["eth0_ifindex"] = pod.inode, ifindex
     before = noports(pod)
     sent = {30001: 200, 30002: 100, 30003: 150}
