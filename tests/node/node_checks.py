@@ -463,7 +463,7 @@ def reload():
     r["rsyslog"] = rs.address
     # what changes: a syslog sink, the MTU sensor (probing the pod), heartbeats every 5 s
     CTX["valid_config"] = write_config(syslog_table(rs.address) + MTU_TABLE, heartbeat="5s")
-    r["config_check"] = run("netagent", "config", "check", "--config", CONFIG).returncode
+    r["config_check"] = run("netagent", "config", "check", CONFIG).returncode
     mark = len(journal_lines())
     rc = run("systemctl", "reload", UNIT)
     r["reload_rc"] = rc.returncode
@@ -476,8 +476,12 @@ def reload():
     got = wait_until(lambda: [e for e in rs.events() if e.get("process", {}).get("pid") == pid
                               or e["event"]["action"] == "heartbeat"], lambda evs: len(evs) >= 2, EVENT_TIMEOUT)
     r["syslog_events"] = len(got)
-    beats = wait_until(lambda: [e for e in events_of(pid) if e["event"]["action"] == "heartbeat"],
-                       lambda b: len(b) >= 3, EVENT_TIMEOUT)
+    def beats_since_reload():
+        events = events_of(pid)
+        reloaded = max((i for i, e in enumerate(events) if e["event"]["action"] == "config-reloaded"), default=0)
+        return [e for e in events[reloaded:] if e["event"]["action"] == "heartbeat"]
+
+    beats = wait_until(beats_since_reload, lambda b: len(b) >= 3, EVENT_TIMEOUT)
     stamps = [e["@timestamp"] for e in beats[-3:]]
     r["heartbeat_stamps"] = stamps
     r["same_pid_after_valid"] = main_pid() == pid
@@ -488,7 +492,7 @@ def reload():
     # an invalid file: rejected, the running configuration stays
     with open(CONFIG, "w") as f:
         f.write(CTX["valid_config"].replace('interval = "1s"', 'interval = "soon"'))
-    r["invalid_check_rc"] = run("netagent", "config", "check", "--config", CONFIG).returncode
+    r["invalid_check_rc"] = run("netagent", "config", "check", CONFIG).returncode
     mark = len(journal_lines())
     rc = run("systemctl", "reload", UNIT)
     r["invalid_reload_rc"] = rc.returncode
