@@ -1,9 +1,13 @@
 """The enrichment processors: each is `(event) -> event`, run in a chain (structlog style).
 
-    NetnsAttributor  netns inode -> pod and container, else the namespace's name (ip-netns
-                     name, pid:N); the node's namespace -> host_network; kubernetes.node.name
-    InterfaceNamer   (netns inode, ifindex) -> interface name, by netlink with a netnsid
-    PeerAttributor   source.ip / destination.ip -> the pod that has that IP
+    Attributor       the stage's processor, one pass per batch:
+                       netns inode -> pod and container, else the namespace's name (ip-netns
+                       name, pid:N); the node's namespace -> host_network; kubernetes.node.name;
+                       (netns inode, ifindex) -> interface name (through InterfaceNamer);
+                       source.ip / destination.ip -> the pod that has that IP
+    InterfaceNamer   (netns inode, ifindex) -> interface name, by netlink with a netnsid, cached;
+                     also a processor of its own for code that needs names before the stage
+                     (the conntrack sensor's per-flow interfaces)
 
 A processor adds fields and returns the event; it never drops or holds one.
 What it could not find for a reason that is a failure (the runtime does not
@@ -20,12 +24,13 @@ from netagent import netns as netns_mod
 from netagent.enrich.cri import PodInfo
 from netagent.enrich.ifnames import RtNetlink, links_of
 
-# dataset -> (object under `netagent`, key holding the netns inode or a --netns spec)
+# dataset -> (object under `netagent`, key holding the netns inode or a --netns spec,
+#             whether it is a drop: has ifindex/interface and always shows its namespace's name)
 NETNS_FIELD = {
-    "netagent.drops": ("drop", "netns"),
-    "netagent.conntrack": ("conntrack", "netns"),
-    "netagent.mtu": ("mtu", "netns_inode"),
-    "netagent.dns": ("dns", "netns"),
+    "netagent.drops": ("drop", "netns", True),
+    "netagent.conntrack": ("conntrack", "netns", False),
+    "netagent.mtu": ("mtu", "netns_inode", False),
+    "netagent.dns": ("dns", "netns", False),
 }
 DIRECTORY_RESCAN_SPACING = 2.0  # seconds between /proc scans for unknown namespaces
 IFNAME_RETRY = 2.0  # seconds before a missing (netns, ifindex) is looked up again
@@ -118,8 +123,7 @@ class InterfaceNamer(Processor):
 
     def process(self, events: list[dict]) -> list[dict]:
         if self.pods is not None and self.pods.generation != self._pods_seen:
-            self._name_new_pods_ahead()
-        cache = self._names
+            self.name_new_pods_ahead()
         host = self.directory.host.inode
         for event in events:
             if event["event"]["dataset"] != "netagent.drops":
@@ -128,16 +132,18 @@ class InterfaceNamer(Processor):
             ifindex = drop["ifindex"]
             if not ifindex or drop["interface"]:
                 continue
-            inode = drop["netns"] or host
-            names = cache.get(inode)
-            name = names.get(ifindex) if names else None
-            if name is None:
-                name = self.lookup(inode, ifindex)
+            name = self.name(drop["netns"] or host, ifindex)
             if name is not None:
                 drop["interface"] = name
         return events
 
-    def _name_new_pods_ahead(self) -> None:
+    def name(self, inode: int, ifindex: int) -> str | None:
+        """The interface's name from the cache, else by netlink (None: not found, counted)."""
+        names = self._names.get(inode)
+        name = names.get(ifindex) if names else None
+        return name if name is not None else self.lookup(inode, ifindex)
+
+    def name_new_pods_ahead(self) -> None:
         """Read the interfaces of every pod namespace new to the index now, while it exists:
         a pod deleted before the sensor's next flush still gets its drops' interface names
         (its namespace, and so its links, are gone by the time those events arrive)."""
@@ -229,69 +235,125 @@ def peer_fields(pod: PodInfo) -> dict:
 
 
 HOST_NETWORK, ATTRIBUTION_FAILED, NAMES_POD = 1, 2, 4
+VIEW_LIMIT = 65536  # (namespace, interface) answers kept between index changes
 
 
-class NetnsAttributor(Processor):
-    """What names an event's namespace: its pod, else the namespace's own name; the node's
-    namespace is flagged host_network (every hostNetwork pod shares it: no single pod to name).
+class Attributor(Processor):
+    """Everything the stage adds to an event, in one pass over the batch:
 
-    The answer is worked out once per namespace and kept until the pod index
-    changes (each refresh), so an event costs a few dict lookups; a namespace
-    nothing could name is looked up again after DIRECTORY_RESCAN_SPACING.
+      netns inode -> pod and container (top-level ECS and kubernetes.* fields), else the
+                     namespace's own name (ip-netns name, pid:N); the node's namespace is
+                     flagged host_network (every hostNetwork pod shares it: no single pod
+                     to name); other events get kubernetes.node.name
+      (netns inode, ifindex) -> netagent.drop.interface (InterfaceNamer, by netlink)
+      source.ip / destination.ip -> netagent.kubernetes.source / destination (pod IPs)
+
+    Why one pass, not one processor each: at 50k events/s the stage's cost is
+    per-event interpreter work, and each separate pass repeats the loop and the
+    dataset lookup. The answer for a (namespace, interface) pair is worked out
+    once and kept until the pod index changes (each refresh): an event then
+    costs one tuple lookup and two dict.update() calls. An answer nothing could
+    give (unknown namespace, interface lookup failed) is worked out again after
+    its retry time, so a pod or a link that appears later is named.
     """
 
-    def __init__(self, pods, directory: NetnsDirectory, failures: Failures, node: str | None, clock=time.monotonic):
+    def __init__(self, pods, directory: NetnsDirectory, failures: Failures, node: str | None,
+                 namer: InterfaceNamer, clock=time.monotonic):
         self.pods = pods
         self.directory = directory
         self.failures = failures
-        self._node_fields = {"kubernetes": {"node": {"name": node}}} if node and pods is not None else None
-        self.node_fields = None  # set while this is a Kubernetes node (a runtime found), see process()
+        self.namer = namer
         self.node = node
         self.clock = clock
         self.host_inode = directory.host.inode
-        self._views: dict[int, tuple] = {}
+        self._node_fields = {"kubernetes": {"node": {"name": node}}} if node and pods is not None else None
+        self.node_fields = None  # set while this is a Kubernetes node (a runtime found), see _sync()
+        self._views: dict[tuple, tuple] = {}
+        self._peers: dict[str, dict] = {}  # ip -> {namespace, pod}
         self._generation = None
 
+    def _sync(self) -> None:
+        """Drop the derived answers when the pod index changed (a refresh published)."""
+        pods = self.pods
+        generation = pods.generation if pods is not None else 0
+        if generation == self._generation:
+            return
+        self._generation = generation
+        self._views = {}
+        if pods is not None:
+            self.namer.name_new_pods_ahead()
+        # no runtime found (healthy None): not a Kubernetes node as far as we know, no kubernetes.*
+        self.node_fields = self._node_fields if pods is not None and pods.healthy is not None else None
+        self._peers = {ip: peer_fields(pod) for ip, pod in pods.by_ip.items()} if pods is not None else {}
+
     def process(self, events: list[dict]) -> list[dict]:
-        generation = self.pods.generation if self.pods is not None else 0
-        if generation != self._generation:
-            self._views = {}
-            self._generation = generation
-            # no runtime found (healthy None): not a Kubernetes node as far as we know, no kubernetes.*
-            self.node_fields = self._node_fields if self.pods is not None and self.pods.healthy is not None \
-                else None
+        self._sync()
         views = self._views
+        peers = self._peers.get if self._peers else None
         node_fields = self.node_fields
+        where_of = NETNS_FIELD.get
         for event in events:
-            where = NETNS_FIELD.get(event["event"]["dataset"])
+            netagent = event["netagent"]
+            where = where_of(event["event"]["dataset"])
             if where is None:
                 if node_fields is not None and "kubernetes" not in event:
                     event.update(node_fields)  # heartbeats, host metrics: the node, no namespace
-                continue
-            body = event["netagent"].get(where[0])
-            if not body:
-                continue
-            inode = body.get(where[1])
-            if type(inode) is not int:
-                inode = self.directory.inode_of(inode) if isinstance(inode, str) else None
-                if inode is None:
-                    continue
-            view = views.get(inode)
-            if view is None or (view[3] and self.clock() >= view[3]):
-                view = views[inode] = self._view(inode)
-            fields, name, flags, _retry = view
-            if fields:
-                event.update(fields)
-            if name and (where[0] == "drop" or flags & NAMES_POD):
-                body["netns_name"] = name
-            if flags & HOST_NETWORK:
-                event["netagent"]["host_network"] = True
-            if flags & ATTRIBUTION_FAILED:
-                self.failures.count("runtime_unavailable")
+            else:
+                body = netagent.get(where[0])
+                if body:
+                    # keyed by the value as the sensor wrote it (an inode, or a --netns spec such as
+                    # "host"); a drop's key also has its interface, unless the sensor named it
+                    key = body.get(where[1])
+                    if where[2]:
+                        key = (key, 0 if body.get("interface") else body.get("ifindex") or 0)
+                    view = views.get(key)
+                    if view is None or (view[3] and self.clock() >= view[3]):
+                        view = self._view(key, where[2])
+                        if len(views) >= VIEW_LIMIT:
+                            views.clear()
+                        views[key] = view
+                    top, add, flags, _retry = view
+                    if top:
+                        event.update(top)
+                    if add:
+                        body.update(add)
+                    if flags:
+                        if flags & HOST_NETWORK:
+                            netagent["host_network"] = True
+                        if flags & ATTRIBUTION_FAILED:
+                            self.failures.count("runtime_unavailable")
+            if peers is not None:
+                src = event.get("source")
+                dst = event.get("destination")
+                src = peers(src.get("ip")) if src else None
+                dst = peers(dst.get("ip")) if dst else None
+                # a dict of its own per event: the API server's processor adds to it in place
+                if src is not None:
+                    netagent["kubernetes"] = {"source": src} if dst is None else {"source": src, "destination": dst}
+                elif dst is not None:
+                    netagent["kubernetes"] = {"destination": dst}
         return events
 
-    def _view(self, inode: int) -> tuple:
-        """(top-level fields to set, netns display name, flags, retry time or 0) for a namespace."""
+    def _view(self, key, is_drop: bool) -> tuple:
+        """(top-level fields, fields for the dataset's object, flags, retry time or 0)."""
+        inode, ifindex = key if is_drop else (key, 0)
+        if type(inode) is not int and inode is not None:
+            inode = self.directory.inode_of(inode) if isinstance(inode, str) else None
+        top, name, flags, retry = self._netns_view(inode) if inode is not None else (None, None, 0, 0)
+        # a drop always shows its namespace's name; other datasets keep their own unless it is a pod's
+        add = {"netns_name": name} if name and (is_drop or flags & NAMES_POD) else {}
+        flags &= ~NAMES_POD
+        if ifindex:
+            ifname = self.namer.name(inode or self.host_inode, ifindex)
+            if ifname is not None:
+                add["interface"] = ifname
+            else:
+                again = self.clock() + IFNAME_RETRY
+                retry = min(retry, again) if retry else again
+        return top, add, flags, retry
+
+    def _netns_view(self, inode: int) -> tuple:
+        """(top-level fields, netns display name, flags, retry time or 0) for a namespace."""
         if inode == self.host_inode:
             return self.node_fields, "host", HOST_NETWORK, 0
         pods = self.pods
@@ -307,41 +369,6 @@ class NetnsAttributor(Processor):
         ns = self.directory.get(inode)
         retry = 0 if ns is not None else self.clock() + DIRECTORY_RESCAN_SPACING
         return self.node_fields, ns.name if ns else None, flags, retry
-
-
-class PeerAttributor(Processor):
-    """netagent.kubernetes.source / destination: the pods that own the event's addresses."""
-
-    def __init__(self, pods):
-        self.pods = pods
-        self._peers: dict[str, dict] = {}  # ip -> {namespace, pod}, rebuilt when the index changes
-        self._generation = None
-
-    def process(self, events: list[dict]) -> list[dict]:
-        if self.pods.generation != self._generation:
-            self._generation = self.pods.generation
-            self._peers = {ip: peer_fields(pod) for ip, pod in self.pods.by_ip.items()}
-        peers = self._peers
-        if not peers:
-            return events
-        for event in events:
-            src = event.get("source")
-            dst = event.get("destination")
-            found = None
-            if src:
-                peer = peers.get(src.get("ip"))
-                if peer is not None:
-                    found = {"source": peer}
-            if dst:
-                peer = peers.get(dst.get("ip"))
-                if peer is not None:
-                    if found is None:
-                        found = {"destination": peer}
-                    else:
-                        found["destination"] = peer
-            if found:
-                event["netagent"]["kubernetes"] = found
-        return events
 
 
 def node_name(configured: str = "") -> str:

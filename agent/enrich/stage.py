@@ -8,9 +8,7 @@ A processor that raises leaves the event as it was, counted by cause.
 from netagent.configschema import positive
 from netagent.enrich.apiserver import APISERVER_SCHEMA, ApiPeerAttributor, ClusterPods
 from netagent.enrich.pods import DEFAULT_GRACE, DEFAULT_REFRESH, CriSource, PodIndex
-from netagent.enrich.processors import (
-    Failures, InterfaceNamer, NetnsAttributor, NetnsDirectory, PeerAttributor, node_name,
-)
+from netagent.enrich.processors import Attributor, Failures, InterfaceNamer, NetnsDirectory, node_name
 
 CONFIG_SECTION = "kubernetes"
 CONFIG_SCHEMA = {
@@ -35,11 +33,10 @@ class Enricher:
         self.failures = Failures()
         self.directory = NetnsDirectory(pods)
         self.node = node
-        chain = [NetnsAttributor(pods, self.directory, self.failures, node),
-                 InterfaceNamer(self.directory, self.failures, pods=pods)]
-        if pods is not None:
-            chain.append(PeerAttributor(pods))
-        self.processors = chain
+        self.namer = InterfaceNamer(self.directory, self.failures, pods=pods)
+        # one processor does the per-event work (see Attributor: one pass is what keeps it cheap);
+        # the list is the structlog-style chain, open to more
+        self.processors = [Attributor(pods, self.directory, self.failures, node, self.namer)]
         self.cluster = cluster  # the API server's pods: peers on other nodes, workloads
         if cluster is not None:
             self.processors.append(ApiPeerAttributor(cluster, self.failures))

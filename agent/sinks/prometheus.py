@@ -5,11 +5,13 @@ counters, which is cheap enough to do on the dispatcher thread, so it can
 never fall behind or lose an event it was given.
 
 Metrics:
-  netagent_drops_total{reason,interface}          packets dropped by the kernel
-  netagent_drop_bytes_total{reason,interface}     their bytes
-  netagent_pod_drops_total{namespace,pod,reason}  drops in a pod's network namespace (named by enrichment)
-  netagent_pod_conntrack_total{namespace,pod,counter}  conntrack counter rises (insert_failed, drop,
-                                                  early_drop, ...) per pod namespace; "" = not a pod's
+  netagent_drops_total{reason,interface,namespace,pod}       packets dropped by the kernel; namespace
+                                                  and pod name the pod whose network namespace dropped
+                                                  them (enrichment stage), "" when not a pod's (host
+                                                  network, other namespaces)
+  netagent_drop_bytes_total{reason,interface,namespace,pod}  their bytes
+  netagent_conntrack_total{counter,namespace,pod} conntrack counter rises (insert_failed, drop,
+                                                  early_drop, ...) per network namespace's pod, "" as above
   netagent_mtu_probes_total{status}               path MTU probes by outcome (ok, icmp, blackhole,
                                                   local, unreachable): blackhole = PMTU black hole
   netagent_dns_queries_total / netagent_dns_lost_total   DNS probe queries sent / not answered
@@ -31,20 +33,18 @@ Metrics:
   process_*                                       prometheus_client's process collector
 
 Cardinality is bounded: no addresses or ports become labels; at most
-`max_interfaces` interface names and `max_reasons` reasons have their own
-series at a time, the rest are counted under "other" (netagent.sinks.labels).
+`max_interfaces` interface names, `max_reasons` reasons and `max_pods` pods
+have their own series at a time, the rest are counted under "other"
+(netagent.sinks.labels; a pod past the bound is namespace="other", pod="other").
 Interface slots are given back: an interface that no longer exists (not in
 /sys/class/net) and has had no drop for `interface_grace`, or any that has
 had none for `interface_idle`, loses its series, so churning pod veths do
-not use the slots up for good. Series of netagent_drops_total are at most
-(max_interfaces + 1) x (max_reasons + 1).
-
-Pods get their own families rather than two more labels on every drop
-series (which would multiply interfaces x reasons by pods): at most
-`max_pods` pods have series at a time (the rest are namespace="other",
-pod="other"), and a pod's series are removed once the enrichment stage has
-forgotten it (its grace period after deletion) and it has been quiet for
-`interface_grace`, or after `interface_idle` without events.
+not use the slots up for good. Pod slots likewise: a pod's series are
+removed once the enrichment stage has forgotten it (its grace period after
+deletion) and it has been quiet for `interface_grace`, or after
+`interface_idle` without events. A pod's drops are seen inside its own
+namespace, on its own interfaces (eth0, lo): the pod labels add a few series
+per pod, not interfaces x pods.
 """
 
 import errno
@@ -63,6 +63,10 @@ def interface_exists(name: str) -> bool:
     """Whether the agent's network namespace has this interface. An interface seen only in another
     namespace reads as gone here, so its slot goes after interface_grace without drops."""
     return bool(name) and "/" not in name and os.path.exists(os.path.join("/sys/class/net", name))
+
+
+DROP_LABELS = ["reason", "interface", "namespace", "pod"]
+CONNTRACK_LABELS = ["counter", "namespace", "pod"]
 
 
 class PrometheusSink(Sink):
@@ -89,8 +93,7 @@ class PrometheusSink(Sink):
         if pod_alive is None:
             from netagent.enrich.pods import pod_alive  # noqa: PLC0415
         self._pods = LabelSlots(max_pods, alive=pod_alive, grace=interface_grace, idle=interface_idle)
-        self._pod_drops = None
-        self._pod_conntrack = None
+        self._conntrack = None
         self._snapshot = None
         self._httpd = None
         self._lock = threading.Lock()
@@ -124,15 +127,14 @@ class PrometheusSink(Sink):
         self.registry = CollectorRegistry(auto_describe=True)
         # first, so the label sweep at each scrape runs before the drop series are collected
         self.registry.register(_AgentCollector(self))
-        self._drops = Counter("netagent_drops", "Packets dropped by the kernel, by drop reason and interface",
-                              ["reason", "interface"], registry=self.registry)
+        self._drops = Counter("netagent_drops", "Packets dropped by the kernel, by drop reason, interface and the "
+                              "pod whose network namespace dropped them (\"\": not a pod's)",
+                              DROP_LABELS, registry=self.registry)
         self._drop_bytes = Counter("netagent_drop_bytes", "Bytes of packets dropped by the kernel",
-                                   ["reason", "interface"], registry=self.registry)
-        self._pod_drops = Counter("netagent_pod_drops", "Packets dropped by the kernel in a pod's network namespace",
-                                  ["namespace", "pod", "reason"], registry=self.registry)
-        self._pod_conntrack = Counter("netagent_pod_conntrack", "Conntrack counter rises in a pod's network "
-                                      "namespace (insert_failed, drop, early_drop, ...)",
-                                      ["namespace", "pod", "counter"], registry=self.registry)
+                                   DROP_LABELS, registry=self.registry)
+        self._conntrack = Counter("netagent_conntrack", "Conntrack counter rises (insert_failed, drop, early_drop, "
+                                  "...) by the pod of the network namespace (\"\": not a pod's)",
+                                  CONNTRACK_LABELS, registry=self.registry)
         # probe outcomes without the target as a label (no addresses become labels);
         # the events carry the target
         self._mtu_probes = Counter("netagent_mtu_probes", "Path MTU probes by outcome (blackhole: large "
@@ -159,15 +161,15 @@ class PrometheusSink(Sink):
             with self._lock:  # one series update at a time against expiry from the scrape thread
                 reason = self._reasons(str(ev.get("reason") or "UNKNOWN"))
                 iface = self._interfaces(str(drop.get("interface") or ""))
-                self._drops.labels(reason, iface).inc(int(drop.get("count") or 0))
-                self._drop_bytes.labels(reason, iface).inc(int(drop.get("bytes") or 0))
+                slot, namespace, pod = self._pod_labels(event)
+                labels = (reason, iface, namespace, pod)
+                self._drops.labels(*labels).inc(int(drop.get("count") or 0))
+                self._drop_bytes.labels(*labels).inc(int(drop.get("bytes") or 0))
                 for metric in (self._drops, self._drop_bytes):
-                    self._interfaces.track(iface, metric, (reason, iface))
-                pod = self._pod_labels(event)
-                if pod is not None:
-                    labels = (*pod, reason)
-                    self._pod_drops.labels(*labels).inc(int(drop.get("count") or 0))
-                    self._pods.track(f"{pod[0]}/{pod[1]}", self._pod_drops, labels)
+                    # removed when either the interface or the pod is given back
+                    self._interfaces.track(iface, metric, labels)
+                    if slot is not None:
+                        self._pods.track(slot, metric, labels)
         elif ev.get("dataset") == "netagent.mtu" and ev.get("action") == "mtu-probe":
             status = event.get("netagent", {}).get("mtu", {}).get("status")
             if status:
@@ -181,22 +183,28 @@ class PrometheusSink(Sink):
         elif ev.get("dataset") == "netagent.conntrack" and ev.get("action") == "counters":
             deltas = event.get("netagent", {}).get("conntrack", {}).get("deltas") or {}
             with self._lock:
-                pod = self._pod_labels(event) or ("", "")
+                slot, namespace, pod = self._pod_labels(event)
                 for counter, n in deltas.items():
                     if isinstance(n, int) and n > 0:
-                        labels = (*pod, counter)
-                        self._pod_conntrack.labels(*labels).inc(n)
-                        self._pods.track(f"{pod[0]}/{pod[1]}", self._pod_conntrack, labels)
+                        labels = (counter, namespace, pod)
+                        self._conntrack.labels(*labels).inc(n)
+                        if slot is not None:
+                            self._pods.track(slot, self._conntrack, labels)
         return True
 
-    def _pod_labels(self, event: dict) -> tuple[str, str] | None:
-        """(namespace, pod) of the event's pod, bounded by the pod slots; None when no pod is named."""
+    def _pod_labels(self, event: dict) -> tuple[str | None, str, str]:
+        """(pod slot, namespace label, pod label) of the event's pod, bounded by the pod slots:
+        (None, "", "") when no pod is named (host network, other namespaces), and
+        ("other", "other", "other") when every slot is taken."""
         k8s = event.get("kubernetes")
         pod = k8s.get("pod") if k8s else None
         if not pod:
-            return None
-        slot = self._pods(f"{k8s.get('namespace', '')}/{pod.get('name', '')}")
-        return (OVERFLOW_LABEL, OVERFLOW_LABEL) if slot == OVERFLOW_LABEL else tuple(slot.split("/", 1))
+            return None, "", ""
+        namespace, name = str(k8s.get("namespace", "")), str(pod.get("name", ""))
+        slot = self._pods(f"{namespace}/{name}")
+        if slot == OVERFLOW_LABEL:
+            return slot, OVERFLOW_LABEL, OVERFLOW_LABEL
+        return slot, namespace, name
 
     def sweep_labels(self) -> None:
         """Give back the slots of interfaces that are gone (also run at every scrape)."""

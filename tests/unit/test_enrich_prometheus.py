@@ -1,4 +1,4 @@
-"""Pod series of the prometheus sink: namespace/pod labels from enriched events, bounded, removed when gone."""
+"""Pod labels on the prometheus sink's drop and conntrack series: from enriched events, bounded, removed when gone."""
 
 import socket
 import urllib.request
@@ -24,9 +24,9 @@ def scrape(sink) -> dict:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def pod_drop(namespace, name, count, reason="NO_SOCKET"):
+def pod_drop(namespace, name, count, reason="NO_SOCKET", interface="eth0"):
     ev = new_event(dataset="netagent.drops", action="packet-dropped",
-                   netagent={"drop": {"count": count, "bytes": 64 * count, "interface": "eth0"}})
+                   netagent={"drop": {"count": count, "bytes": 64 * count, "interface": interface}})
     ev["event"]["reason"] = reason
     if name:
         ev.update(pod_fields(PodInfo("sb", namespace, name, "uid"), "node-1"))
@@ -41,36 +41,66 @@ def conntrack_counters(namespace, name, deltas):
     return ev
 
 
-def test_pod_series_counted_bounded_and_removed_when_the_pod_is_gone():
+def series(m: dict, metric: str) -> dict:
+    """{(namespace, pod, other labels...): value} of one metric."""
+    out = {}
+    for (name, labels), value in m.items():
+        if name == metric:
+            d = dict(labels)
+            out[(d.pop("namespace"), d.pop("pod"), *sorted(d.values()))] = value
+    return out
+
+
+def test_drop_and_conntrack_series_carry_the_pod_bounded_and_removed_when_the_pod_is_gone():
     live = {"shop/api-0", "shop/db-0", "shop/web-0"}
     sink = PrometheusSink("p", f"127.0.0.1:{free_port()}", max_pods=2, interface_grace=0.001,
-                          pod_alive=lambda key: key in live)
+                          interface_alive=lambda name: True, pod_alive=lambda key: key in live)
     sink.start()
     try:
         sink.submit(b"", pod_drop("shop", "api-0", 5))
         sink.submit(b"", pod_drop("shop", "api-0", 2))
         sink.submit(b"", pod_drop("shop", "db-0", 3))
         sink.submit(b"", pod_drop("shop", "web-0", 4))  # no slot left: counted under "other"
-        sink.submit(b"", pod_drop("", "", 9))  # not a pod's namespace: no pod series
+        sink.submit(b"", pod_drop("", "", 9, interface="ens5"))  # host network: namespace="" pod=""
         sink.submit(b"", conntrack_counters("shop", "db-0", {"insert_failed": 6, "drop": 0}))
+        sink.submit(b"", conntrack_counters("", "", {"early_drop": 2}))
         m = scrape(sink)
-        series = {k: v for k, v in m.items() if k[0] == "netagent_pod_drops_total"}
-        assert series == {
-            ("netagent_pod_drops_total", (("namespace", "shop"), ("pod", "api-0"), ("reason", "NO_SOCKET"))): 7,
-            ("netagent_pod_drops_total", (("namespace", "shop"), ("pod", "db-0"), ("reason", "NO_SOCKET"))): 3,
-            ("netagent_pod_drops_total", (("namespace", "other"), ("pod", "other"), ("reason", "NO_SOCKET"))): 4,
+        assert series(m, "netagent_drops_total") == {
+            ("shop", "api-0", "NO_SOCKET", "eth0"): 7,
+            ("shop", "db-0", "NO_SOCKET", "eth0"): 3,
+            ("other", "other", "NO_SOCKET", "eth0"): 4,
+            ("", "", "NO_SOCKET", "ens5"): 9,
         }
-        assert m[("netagent_pod_conntrack_total", (("counter", "insert_failed"), ("namespace", "shop"),
-                                                    ("pod", "db-0")))] == 6
-        assert not any(k[0] == "netagent_pod_conntrack_total" and ("counter", "drop") in k[1] for k in m)
-        live.discard("shop/db-0")  # deleted, and its grace period over
+        assert series(m, "netagent_drop_bytes_total")[("shop", "api-0", "NO_SOCKET", "eth0")] == 7 * 64
+        assert series(m, "netagent_conntrack_total") == {("shop", "db-0", "insert_failed"): 6,
+                                                          ("", "", "early_drop"): 2}
+        assert not any(name.startswith("netagent_pod_") and name != "netagent_pod_attribution_up" for name, _ in m)
+
+        live.discard("shop/db-0")  # deleted, and the enrichment stage's grace period over
         m = scrape(sink)
-        assert not any(("pod", "db-0") in labels for name, labels in m if name.startswith("netagent_pod_"))
-        assert m[("netagent_pod_drops_total", (("namespace", "shop"), ("pod", "api-0"), ("reason", "NO_SOCKET")))] == 7
+        assert not any(("pod", "db-0") in labels for _, labels in m)  # drops, bytes and conntrack series gone
+        assert series(m, "netagent_drops_total")[("shop", "api-0", "NO_SOCKET", "eth0")] == 7
+        assert series(m, "netagent_conntrack_total") == {("", "", "early_drop"): 2}  # not a pod's: kept
         assert sink.status()["labels"]["pod"]["expired"] == 1
         sink.submit(b"", pod_drop("shop", "web-0", 1))  # the freed slot goes to the next pod
-        assert scrape(sink)[("netagent_pod_drops_total", (("namespace", "shop"), ("pod", "web-0"),
-                                                          ("reason", "NO_SOCKET")))] == 1
+        assert series(scrape(sink), "netagent_drops_total")[("shop", "web-0", "NO_SOCKET", "eth0")] == 1
+    finally:
+        sink.close(1)
+
+
+def test_a_pod_series_goes_with_its_interface_too():
+    """A series is removed when either its interface or its pod is given back (no stale half)."""
+    ifaces = {"eth0", "veth9"}
+    sink = PrometheusSink("p", f"127.0.0.1:{free_port()}", interface_grace=0.001,
+                          interface_alive=lambda name: name in ifaces, pod_alive=lambda key: True)
+    sink.start()
+    try:
+        sink.submit(b"", pod_drop("shop", "api-0", 2, interface="veth9"))
+        sink.submit(b"", pod_drop("shop", "api-0", 1))
+        assert set(series(scrape(sink), "netagent_drops_total")) == {("shop", "api-0", "NO_SOCKET", "veth9"),
+                                                                      ("shop", "api-0", "NO_SOCKET", "eth0")}
+        ifaces.discard("veth9")
+        assert set(series(scrape(sink), "netagent_drops_total")) == {("shop", "api-0", "NO_SOCKET", "eth0")}
     finally:
         sink.close(1)
 

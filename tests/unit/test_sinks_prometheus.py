@@ -50,9 +50,10 @@ def test_drops_counted_by_reason_and_interface(sink):
     sink.submit(b"", drop("NETFILTER_DROP", "veth1", 1))
     sink.submit(b"", new_event(dataset="netagent.agent", action="heartbeat"))  # not a drop
     m = scrape(sink)
-    assert m[("netagent_drops_total", (("interface", "eth0"), ("reason", "NO_SOCKET")))] == 7
-    assert m[("netagent_drop_bytes_total", (("interface", "eth0"), ("reason", "NO_SOCKET")))] == 700
-    assert m[("netagent_drops_total", (("interface", "veth1"), ("reason", "NETFILTER_DROP")))] == 1
+    no_pod = (("namespace", ""), ("pod", ""))  # events no pod is named in (no enrichment here)
+    assert m[("netagent_drops_total", (("interface", "eth0"), *no_pod, ("reason", "NO_SOCKET")))] == 7
+    assert m[("netagent_drop_bytes_total", (("interface", "eth0"), *no_pod, ("reason", "NO_SOCKET")))] == 700
+    assert m[("netagent_drops_total", (("interface", "veth1"), *no_pod, ("reason", "NETFILTER_DROP")))] == 1
     assert ("netagent_build_info", ()) not in m
     assert any(name == "netagent_build_info" for name, _ in m)
     # no *_created twins, no addresses or ports anywhere in the labels
@@ -66,7 +67,8 @@ def test_label_cardinality_is_bounded(sink):
     m = scrape(sink)
     ifaces = {dict(labels)["interface"] for name, labels in m if name == "netagent_drops_total"}
     assert ifaces == {"veth0", "veth1", "veth2", "other"}
-    assert m[("netagent_drops_total", (("interface", "other"), ("reason", "NO_SOCKET")))] == 17
+    assert m[("netagent_drops_total", (("interface", "other"), ("namespace", ""), ("pod", ""),
+                                       ("reason", "NO_SOCKET")))] == 17
     assert sink.status()["label_overflow"]["interface"] == 17
 
 
