@@ -10,6 +10,7 @@ import pytest
 from netagent import bpfchild, bpfsys
 from netagent.errors import ProbeUnavailable
 from netagent.probes.drops import DropFilters, DropSensor
+from timescale import scaled
 
 
 def udp_noports(ns) -> int:
@@ -131,7 +132,8 @@ def test_other_threads_keep_their_stderr_while_a_sensor_compiles(netns, tmp_path
         t.join()
     """)
     env = dict(os.environ, NETAGENT_CACHE_DIR=str(tmp_path))  # empty: a real compile
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         timeout=scaled(300))  # a real compile: minutes under TCG
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stderr.splitlines()
     total = int(next(ln for ln in lines if ln.startswith("markers ")).split()[1])
