@@ -6,6 +6,7 @@ schema (its ConfigMap must validate) and the Prometheus sink's port. The rules
 are run through promtool and their metric names checked against a live sink.
 """
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ DAEMONSET = os.path.join(K8S, "daemonset.yaml")
 RBAC = os.path.join(K8S, "rbac-apiserver.yaml")
 RULES = os.path.join(K8S, "prometheus-rules.yaml")
 UNIT = os.path.join(REPO, "systemd", "netagent.service")
+DAEMON_RESULTS = os.path.join(REPO, "bench", "results", "daemon.json")
 # capabilities the DaemonSet adds beyond the unit's, each for a reason written beside it
 EXTRA_CAPS = {"SYS_PTRACE"}
 HOST_PATHS = ["/sys/kernel/btf", "/sys/kernel/tracing", "/lib/modules", "/usr/src", "/run/netns"]
@@ -156,9 +158,51 @@ def test_configmap_is_a_valid_config_at_the_path_run_reads(ds_docs, pod_spec, co
     assert cfg.kubernetes.get("enabled", True) is True
 
 
-def test_resources_node_name_and_image(container):
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes memory quantity (Mi, Gi, M, plain bytes) in MiB."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity[:-len(suffix)]) * factor / 2**20
+    return float(quantity) / 2**20
+
+
+def test_memory_request_and_limit_follow_the_measured_rss(container):
+    """The request covers the agent's measured steady RSS; the limit covers its highest RSS plus
+    the BPF compile child's peak (a child in the same cgroup, at start), with room but not
+    arbitrarily: at most twice that. The numbers are bench/daemon_bench.py's (MiB)."""
+    with open(DAEMON_RESULTS) as f:
+        measured = json.load(f)
+    steady = measured["rss_mb_steady"]
+    highest = max(steady["max"], measured.get("soak", {}).get("rss_mb_max", 0))
+    need = highest + measured["compile_child_peak_rss_mb"]
     res = container["resources"]
-    assert res["requests"]["memory"] == "100Mi" and res["limits"]["memory"] == "320Mi"
+    request, limit = mebibytes(res["requests"]["memory"]), mebibytes(res["limits"]["memory"])
+    assert request >= steady["median"], f"request {request} MiB below the steady RSS {steady['median']} MiB"
+    assert need <= limit <= 2 * need, f"limit {limit} MiB for a measured need of {need:.0f} MiB"
+    assert request <= limit and "cpu" in res["requests"] and "cpu" not in res.get("limits", {})  # no CPU throttling
+
+
+def test_probes_ask_the_metrics_endpoint_after_the_compile(container):
+    """Liveness only once the startup probe passed: the first start compiles the sensors for up to
+    ~40 s on a small node, which a liveness probe alone would take for a hang."""
+    startup, liveness = container["startupProbe"], container["livenessProbe"]
+    for probe in (startup, liveness):
+        assert probe["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    assert liveness["failureThreshold"] * liveness["periodSeconds"] >= 30  # one slow scrape is no restart
+    assert liveness["timeoutSeconds"] >= 2
+
+
+def test_locked_down_where_the_agent_needs_nothing(container):
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    # what the agent writes: its state (syslog spool), its bytecode cache, /tmp
+    assert writable == {"/var/lib/netagent", "/var/cache/netagent", "/tmp"}
+
+
+def test_node_name_and_image(container):
     env = {e["name"]: e for e in container["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert container["args"][0] == "run"
