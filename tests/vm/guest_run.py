@@ -15,7 +15,7 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from vm.matrix import DESELECT, KERNELS, guest_targets
+from vm.matrix import DESELECT, GUEST_PATHS, KERNELS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUNNER = os.path.join(REPO, "packaging", "vm", "run")
@@ -70,7 +70,7 @@ class GuestRun:
                        "-o", "console_output_style=classic", f"--junitxml={self.junit}",
                        # BCC's str-not-bytes warnings would fill the output a failure shows
                        "-W", "ignore::DeprecationWarning",
-                       *(self.selection or guest_targets(REPO))]
+                       *(self.selection or GUEST_PATHS)]
         for node_id in DESELECT.get(self.series, {}):
             pytest_args.append(f"--deselect={node_id}")
         cmd = [RUNNER, "--kernel", self.series, "--cpus", str(cpus), "--share", self.out_dir, "--", *pytest_args]

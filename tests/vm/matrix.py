@@ -1,7 +1,7 @@
 """What the VM kernel matrix runs (make test-kernels; CORE in make test): the one place to change it.
 
 Inside each guest (packaging/vm/run --kernel SERIES) one pytest runs
-`-m vm` over guest_targets() (GUEST_PATHS, narrowed on the host). A test is in the matrix when it
+`-m vm` over GUEST_PATHS. A test is in the matrix when it
 - lives under tests/kernel/ (all of them are marked automatically), or
 - is in a module listed in VM_MODULES, or
 - carries `@pytest.mark.vm` (or `pytestmark = pytest.mark.vm`) itself and lives
@@ -24,27 +24,6 @@ VM_MODULES = (
     "tests/netns/test_conntrack_clash.py",
     "tests/netns/test_conntrack_lab.py",
 )
-
-
-def guest_targets(repo: str) -> list[str]:
-    """What the guest's pytest is given: tests/kernel, VM_MODULES, and only the
-    other modules under GUEST_PATHS that mention `pytest.mark.vm`. Found by
-    reading the files on the host: the guest then does not import the other
-    tests/netns modules only to deselect them (docs/kernels.md has the time)."""
-    import glob
-    import os
-
-    targets = ["tests/kernel", *VM_MODULES]
-    for directory in GUEST_PATHS:
-        for path in sorted(glob.glob(os.path.join(repo, directory, "test_*.py"))):
-            rel = os.path.relpath(path, repo)
-            if any(rel == t or rel.startswith(t + "/") for t in targets):
-                continue
-            with open(path) as f:
-                if "pytest.mark.vm" in f.read():
-                    targets.append(rel)
-    return targets
-
 
 # Tests left out on a kernel, each with the reason and who is fixing it. An
 # entry is a pytest node id relative to the checkout. Empty when all pass.
