@@ -29,7 +29,7 @@ def yes(flag) -> str:
 def vm_table(vm) -> list[str]:
     """Cost per drop by attach path on each VM kernel (bench/vm_drop_cost_bench.py)."""
     lines = ["", f"Cost per drop by attach path in the VM lab ({vm['written_at']}; {vm['caveat']}):", "",
-             "| kernel | path | ns per drop | × fastest path | × bpftrace | exact every round |", "|---|---|---|---|---|---|"]
+             "| kernel | path | ns per drop | × fastest path | × bpftrace | counted = NoPorts = sent, every round |", "|---|---|---|---|---|---|"]
     for series, k in vm["kernels"].items():
         for name, p in k["paths"].items():
             if name == "bpftrace":
