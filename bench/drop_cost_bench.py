@@ -21,8 +21,8 @@ bpftrace if it attaches here; the others are listed under "unavailable" with
 the reason. --together attaches every variant once for all rounds, so each
 round's flood runs every program on the same drops (under TCG one load takes
 minutes, so attaching per round does not fit). --json-out writes the result
-there instead (bench/vm_drop_cost_bench.py runs this inside VMs with all three). Exit codes: 2 usage, 69 a variant named in
---paths is unavailable on this kernel.
+there instead (bench/vm_drop_cost_bench.py runs this inside VMs with all three).
+Exit codes: 2 usage, 69 a variant named in --paths is unavailable on this kernel.
 """
 
 import argparse

@@ -29,7 +29,8 @@ def yes(flag) -> str:
 def vm_table(vm) -> list[str]:
     """Cost per drop by attach path on each VM kernel (bench/vm_drop_cost_bench.py)."""
     lines = ["", f"Cost per drop by attach path in the VM lab ({vm['written_at']}; {vm['caveat']}):", "",
-             "| kernel | path | ns per drop | × fastest path | × bpftrace | counted = NoPorts = sent, every round |", "|---|---|---|---|---|---|"]
+             "| kernel | path | ns per drop | × fastest path | × bpftrace | counted = NoPorts = sent, every round |",
+             "|---|---|---|---|---|---|"]
     for series, k in vm["kernels"].items():
         for name, p in k["paths"].items():
             if name == "bpftrace":
@@ -39,7 +40,8 @@ def vm_table(vm) -> list[str]:
                          f"{mmm(p['ns_per_drop'])} | {mmm(p['ratio_to_fastest'], '{:.2f}')} | {to_bpftrace} | "
                          f"{p['exact_all_rounds']} |")
         if "bpftrace" in k["paths"]:
-            lines.append(f"| {k['kernel']} | bpftrace (reference) | {mmm(k['paths']['bpftrace']['ns_per_drop'])} | | | |")
+            reference = mmm(k["paths"]["bpftrace"]["ns_per_drop"])
+            lines.append(f"| {k['kernel']} | bpftrace (reference) | {reference} | | | |")
         for name, why in k["unavailable"].items():
             lines.append(f"| {k['kernel']} | {name}: not measured | {why} | | | |")
     return lines

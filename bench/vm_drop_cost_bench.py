@@ -177,7 +177,8 @@ def main(argv=None) -> int:
     if kernels:
         # A run of some kernels (--kernels) keeps the others' last results; each says when it was measured.
         previous = load_previous()
-        kernels = dict(sorted({**previous.get("kernels", {}), **kernels}.items(), key=lambda kv: [int(n) for n in kv[0].split(".")]))
+        merged = {**previous.get("kernels", {}), **kernels}
+        kernels = {k: merged[k] for k in sorted(merged, key=lambda k: [int(n) for n in k.split(".")])}
         detail = {**previous.get("rounds_detail", {}), **detail}
         write_result("drop_cost_vm", {
             "benchmark": "kernel ns per kfree_skb drop (run_time_ns/run_cnt) by attach path, in a VM per kernel",
