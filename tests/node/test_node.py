@@ -5,7 +5,8 @@ tests/node/node_checks.py inside the node, which drives the node the way an
 operator does (systemctl, journalctl, apt-get, logrotate) and records what it
 saw. Each test below asserts one property the issue asks for on that record.
 The first run on a machine builds the node root (debootstrap, ~4 min, cached
-in /var/cache/netagent-vm); the boot and the checks take ~5 min under TCG.
+in /var/cache/netagent-vm). The first complete session took 51 min under TCG
+on a 2-core machine at load 14-22 (docs/daemon.md "The node").
 """
 
 import json
