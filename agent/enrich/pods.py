@@ -167,7 +167,7 @@ class PodIndex:
                     by_ip[ip] = pod
             by_name[pod.key] = pod
         self.by_netns, self.by_ip, self.by_name = by_netns, by_ip, by_name
-        self.generation += 1  # views derived from the index (NetnsAttributor) are rebuilt
+        self.generation += 1  # answers derived from the index (processors.Attributor) are rebuilt
 
     def start(self) -> None:
         self.refresh()
