@@ -24,6 +24,7 @@ from netagent.errors import ProbeUnavailable
 class Arch:
     name: str
     sys_bpf: int
+    sys_perf_event_open: int
     # Where a kprobe at function entry finds the caller's return address:
     # "stack" = the word at the stack pointer (x86-64 CALL pushes it);
     # "lr" = the link register (arm64 x30, riscv ra). See drops.bpf.c.
@@ -33,12 +34,12 @@ class Arch:
 # From each architecture's unistd table (arch/*/include/uapi/asm/unistd*.h,
 # include/uapi/asm-generic/unistd.h for the generic-syscall ones).
 ARCHES = {
-    "x86_64": Arch("x86_64", 321, "stack"),
-    "aarch64": Arch("aarch64", 280, "lr"),
-    "riscv64": Arch("riscv64", 280, "lr"),
-    "loongarch64": Arch("loongarch64", 280, ""),
-    "s390x": Arch("s390x", 351, ""),
-    "ppc64le": Arch("ppc64le", 361, ""),
+    "x86_64": Arch("x86_64", 321, 298, "stack"),
+    "aarch64": Arch("aarch64", 280, 241, "lr"),
+    "riscv64": Arch("riscv64", 280, 241, "lr"),
+    "loongarch64": Arch("loongarch64", 280, 241, ""),
+    "s390x": Arch("s390x", 351, 331, ""),
+    "ppc64le": Arch("ppc64le", 361, 319, ""),
 }
 
 # enum bpf_cmd
@@ -75,6 +76,29 @@ def bpf(cmd: int, attr: ctypes.Structure) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(rc)
+
+
+class _PerfEventAttr(ctypes.Structure):
+    # the first PERF_ATTR_SIZE_VER0 (64) bytes of struct perf_event_attr; the rest is zero
+    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+                ("rest", ctypes.c_uint8 * 48)]
+
+
+PERF_TYPE_SOFTWARE, PERF_COUNT_SW_DUMMY = 1, 9
+
+
+def perf_event_open_errno() -> int:
+    """0 if this process may open a system-wide perf event (what every kprobe attach does,
+    by the kprobe PMU or a tracefs kprobe event), else the errno the kernel refused it with.
+    The event is a software dummy: it counts nothing and is closed at once."""
+    attr = _PerfEventAttr(type=PERF_TYPE_SOFTWARE, size=64, config=PERF_COUNT_SW_DUMMY)
+    # pid -1, cpu 0: every task on a CPU, as a kprobe is; no group fd; PERF_FLAG_FD_CLOEXEC (8)
+    rc = _libc.syscall(current_arch().sys_perf_event_open, ctypes.byref(attr), ctypes.c_int(-1), ctypes.c_int(0),
+                       ctypes.c_int(-1), ctypes.c_ulong(8))
+    if rc < 0:
+        return ctypes.get_errno()
+    os.close(int(rc))
+    return 0
 
 
 class _ProgLoadAttr(ctypes.Structure):

@@ -12,7 +12,7 @@ import sys
 
 from netagent.bccloader import bcc_version, import_bcc
 from netagent.btf import VMLINUX_BTF, module_btf_names
-from netagent.errors import BccMissing
+from netagent.errors import BccMissing, ProbeUnavailable
 from netagent.kheaders import headers_status
 from netagent.privileges import effective_capabilities
 from netagent.tracefs import find_tracefs
@@ -23,14 +23,40 @@ FENTRY_PROBE_TIMEOUT = 300  # a BCC compile under TCG emulation takes tens of se
 
 def kprobes_unavailable_reason() -> str | None:
     """Why kprobes cannot be attached here, or None when they can."""
-    if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
-        return None
     tracefs = find_tracefs()
-    if tracefs and os.path.exists(os.path.join(tracefs, "kprobe_events")):
-        return None
+    if os.path.isdir("/sys/bus/event_source/devices/kprobe") or (
+            tracefs and os.path.exists(os.path.join(tracefs, "kprobe_events"))):
+        return perf_events_refused_reason()
     if _kernel_config_says("# CONFIG_KPROBES is not set"):
         return "kprobes unavailable (CONFIG_KPROBES off)"
     return "kprobes unavailable (no kprobe PMU and no kprobe_events in tracefs)"
+
+
+def perf_event_paranoid() -> int | None:
+    try:
+        with open("/proc/sys/kernel/perf_event_paranoid") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def perf_events_refused_reason() -> str | None:
+    """Why this process may not open the perf events every kprobe attach needs, or None.
+    Debian's and Ubuntu's kernels carry a patch: kernel.perf_event_paranoid=3 (their default)
+    lets only CAP_SYS_ADMIN call perf_event_open, where upstream accepts CAP_PERFMON."""
+    from netagent.bpfsys import perf_event_open_errno  # noqa: PLC0415 (ctypes libc, only when kprobes exist)
+
+    try:
+        err = perf_event_open_errno()
+    except ProbeUnavailable as exc:  # an architecture without a known syscall number
+        return f"kprobes unusable: {exc}"
+    if err == 0:
+        return None
+    paranoid = perf_event_paranoid()
+    if paranoid is not None and paranoid > 2 and "CAP_SYS_ADMIN" not in effective_capabilities():
+        return (f"kprobes refused: kernel.perf_event_paranoid={paranoid} lets only CAP_SYS_ADMIN open perf "
+                f"events (a Debian/Ubuntu kernel patch), and this process lacks it")
+    return f"kprobes refused: perf_event_open failed: {os.strerror(err)} (needs CAP_PERFMON)"
 
 
 def _kernel_config_says(line: str) -> bool:
