@@ -6,11 +6,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import orjson
 
 from netagent import registry
+from waiting import wait_for  # noqa: F401 (re-exported to the pod tests)
 
 NETAGENT = os.path.join(sys.prefix, "bin", "netagent")
 
@@ -30,16 +30,6 @@ while sent < count:
         pass  # an ICMP error reported on this unconnected socket: send again
 print(sent)
 """
-
-
-def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def read_events(path) -> list[dict]:

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import textwrap
-import time
 import urllib.parse
 import urllib.request
 
@@ -21,6 +20,7 @@ import pytest
 
 from lab import veth_pair
 from netagent import registry
+from waiting import wait_for
 
 SENDER = r"""
 import socket, sys
@@ -63,16 +63,6 @@ def drop_polls(events_path) -> int:
     if not beats:
         return 0
     return next((s.get("polls", 0) for s in beats[-1]["netagent"]["agent"]["sensors"] if s["name"] == "drops"), 0)
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Prometheus:

@@ -26,6 +26,7 @@ from agent_proc import AgentProcess
 from lab import veth_pair
 from netagent import registry
 from netagent.conntrack.stats import parse
+from waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -93,16 +94,16 @@ def write_config(path, events, netns: str, interval: str):
         """) + others)
 
 
-def wait_for(predicate, timeout, what):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def reload_four_times(agent, rewrite_config, events, kernel_count, counted):
+    """Four SIGHUPs, each with a changed poll interval (so every sensor is replaced), with the
+    kernel's counter moving by more than 2000 after each reload is recorded."""
+    for i, interval in enumerate(["300ms", "250ms", "350ms", "200ms"], start=1):
+        rewrite_config(interval)
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: sum(1 for e in read_events(events) if e["event"]["action"] == "config-reloaded") >= i,
+                 60, f"reload {i} recorded")
+        mark = kernel_count()
+        wait_for(lambda: kernel_count() - mark > 2000, 30, f"{counted} between reloads")
 
 
 def test_conntrack_counters_across_reloads_equal_the_kernels_exactly(netns_factory, tmp_path):
@@ -123,13 +124,8 @@ def test_conntrack_counters_across_reloads_equal_the_kernels_exactly(netns_facto
         sender = client.popen(sys.executable, "-c", INVALID_TCP, "10.76.0.1", "10.76.0.2", str(stop_file),
                               stdout=-1, text=True)
         wait_for(lambda: invalid_count(server) - base > 2000, 30, "invalid packets counted by the kernel")
-        for i, interval in enumerate(["300ms", "250ms", "350ms", "200ms"], start=1):
-            write_config(config, events, server.name, interval)
-            agent.proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: sum(1 for e in read_events(events) if e["event"]["action"] == "config-reloaded") >= i,
-                     60, f"reload {i} recorded")
-            mark = invalid_count(server)
-            wait_for(lambda: invalid_count(server) - mark > 2000, 30, "invalid packets between reloads")
+        reload_four_times(agent, lambda interval: write_config(config, events, server.name, interval), events,
+                          lambda: invalid_count(server), "invalid packets")
         stop_file.write_text("")
         sender.communicate(timeout=30)
         kernel = invalid_count(server) - base
@@ -215,13 +211,8 @@ def test_host_counters_across_reloads_equal_the_kernels_exactly(netns_factory, t
         sender = client.popen(sys.executable, "-c", UDP_FLOOD, "10.75.0.2", "47999", str(stop_file),
                               stdout=-1, text=True)
         wait_for(lambda: no_ports(server) - base > 2000, 30, "UDP to a closed port counted by the kernel")
-        for i, interval in enumerate(["300ms", "250ms", "350ms", "200ms"], start=1):
-            host_config(config, events, server.name, interval)
-            agent.proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: sum(1 for e in read_events(events) if e["event"]["action"] == "config-reloaded") >= i,
-                     60, f"reload {i} recorded")
-            mark = no_ports(server)
-            wait_for(lambda: no_ports(server) - mark > 2000, 30, "NoPorts between reloads")
+        reload_four_times(agent, lambda interval: host_config(config, events, server.name, interval), events,
+                          lambda: no_ports(server), "NoPorts")
         stop_file.write_text("")
         sender.communicate(timeout=30)
         kernel = no_ports(server) - base

@@ -26,6 +26,7 @@ import pytest
 
 from agent_proc import AgentProcess
 from rsyslog_lab import Rsyslog, dedupe_sequences, fill_filesystem, make_ca, make_certs, parse_message
+from waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -131,15 +132,6 @@ def wait_said(agent, needle, timeout=20.0) -> str:
     line = said(agent, needle)
     assert line, f"agent exited without saying {needle!r}: {''.join(agent.stderr_lines)}"
     return line
-
-
-def wait_until(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
 
 
 def spool_causes(rs) -> list[dict]:

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from netagent import registry
+from waiting import wait_for
 
 
 def sensors_off() -> str:
@@ -41,16 +42,6 @@ def read_events(path):
             return [orjson.loads(line) for line in f if line.endswith(b"\n")]
     except FileNotFoundError:
         return []
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):  # generous: the machine may be loaded
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start(netagent_bin, config, tmp_path, env=None):

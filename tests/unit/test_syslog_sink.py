@@ -9,7 +9,6 @@ import os
 import socket
 import sys
 import threading
-import time
 
 import pytest
 
@@ -21,6 +20,7 @@ from netagent.sinks.syslog import SyslogSink
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from rsyslog_lab import OctetReceiver, dedupe_sequences, make_ca, make_certs, server_context  # noqa: E402
+from waiting import wait_until as wait
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,15 +75,6 @@ def make_sink(tmp_path, address, **values):
     sink = SyslogSink.from_config(cfg)
     sink.start()
     return sink
-
-
-def wait(pred, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 def sequences(receiver, run=None):

@@ -11,12 +11,12 @@ import ctypes
 import os
 import socket
 import threading
-import time
 import urllib.request
 
 from netagent.sinks.file import FileSink
 from netagent.sinks.prometheus import PrometheusSink
 from netagent.watchdog import WATCHDOG, Watchdog
+from waiting import wait_until
 
 AGENT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "agent")
 
@@ -29,15 +29,6 @@ def kill(thread: threading.Thread) -> None:
     """Raise KilledFromOutside inside `thread` at its next Python instruction."""
     hit = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KilledFromOutside))
     assert hit == 1, f"thread {thread.name} not found"
-
-
-def wait_until(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 def record(name: str) -> dict:
