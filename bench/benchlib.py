@@ -4,6 +4,7 @@ Every benchmark compares against a baseline measured in the same run,
 interleaved round by round, and reports median, minimum and maximum.
 """
 
+import argparse
 import json
 import os
 import statistics
@@ -90,3 +91,15 @@ class BpfStats:
         with open(self.PATH, "w") as f:
             f.write(self._saved)
         return False
+
+
+def one_line_parser(prog: str) -> argparse.ArgumentParser:
+    """An argument parser whose errors are one line on stderr and exit 2 (EXIT_USAGE), no usage dump."""
+    from netagent.errors import EXIT_USAGE  # noqa: PLC0415
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            print(f"{prog}: {message}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+
+    return Parser(prog=f"{prog}.py")

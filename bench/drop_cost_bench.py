@@ -33,13 +33,13 @@ import subprocess
 import sys
 import time
 
-from benchlib import ROUNDS, BpfStats, build_flood, flood, noports, rounded, spread, write_result
+from benchlib import ROUNDS, BpfStats, build_flood, flood, noports, one_line_parser, rounded, spread, write_result
 
 from lab import Namespace  # noqa: E402 (tests/ on sys.path via benchlib)
 from timescale import scaled  # noqa: E402
 from netagent import bpfsys  # noqa: E402
 from netagent.bpfinfo import prog_stats  # noqa: E402
-from netagent.errors import ProbeUnavailable  # noqa: E402
+from netagent.errors import EXIT_UNAVAILABLE, ProbeUnavailable  # noqa: E402
 from netagent.probes.drops import DropSensor  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
@@ -48,7 +48,6 @@ NETAGENT_PATHS = ("tp_btf", "raw_tracepoint", "tracepoint")
 ALL_NETAGENT_PATHS = NETAGENT_PATHS + ("kprobe",)
 DEFAULT_VARIANTS = ("bpftrace",) + NETAGENT_PATHS
 TARGET_RATIO = 0.8
-EX_USAGE, EX_UNAVAILABLE = 2, 69
 
 
 class Unavailable(Exception):
@@ -185,12 +184,7 @@ def rounds_together(variants: list[str], ns, binary: str, unavailable: dict) -> 
 
 
 def parse_args(argv) -> argparse.Namespace:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            print(f"drop_cost_bench: {message}", file=sys.stderr)
-            sys.exit(EX_USAGE)
-
-    p = Parser(prog="drop_cost_bench.py")
+    p = one_line_parser("drop_cost_bench")
     p.add_argument("--paths", default=",".join(DEFAULT_VARIANTS),
                    help="all, or a comma list of: bpftrace, " + ", ".join(ALL_NETAGENT_PATHS))
     p.add_argument("--json-out", metavar="FILE", help="write the result here instead of bench/results/drop_cost.json")
@@ -230,7 +224,7 @@ def main(argv=None) -> int:
     if "bpftrace" in args.variants and subprocess.run(["which", "bpftrace"], capture_output=True).returncode != 0:
         if args.required:
             print("drop_cost_bench: bpftrace not installed (make setup installs it)", file=sys.stderr)
-            return EX_UNAVAILABLE
+            return EXIT_UNAVAILABLE
         unavailable["bpftrace"] = "bpftrace not installed"
         variants.remove("bpftrace")
     binary = build_flood()
@@ -242,7 +236,7 @@ def main(argv=None) -> int:
                 rounds = rounds_together(variants, ns, binary, unavailable)
                 if args.required and unavailable:
                     print(f"drop_cost_bench: unavailable here: {unavailable}", file=sys.stderr)
-                    return EX_UNAVAILABLE
+                    return EXIT_UNAVAILABLE
             for i in range(0 if args.together else ROUNDS):
                 order = variants[i % len(variants):] + variants[:i % len(variants)]
                 for v in order:
@@ -252,7 +246,7 @@ def main(argv=None) -> int:
                         # Only the first round may find a variant missing; later it is a failure.
                         if args.required or i > 0:
                             print(f"drop_cost_bench: {v}: {exc}", file=sys.stderr)
-                            return EX_UNAVAILABLE
+                            return EXIT_UNAVAILABLE
                         print(f"round {i} {v}: unavailable here: {exc}", flush=True)
                         unavailable[v] = str(exc)
                         continue
@@ -267,7 +261,7 @@ def main(argv=None) -> int:
         ns.delete()
     if not any(v != "bpftrace" for v in rounds):
         print(f"drop_cost_bench: no netagent attach path ran here: {unavailable}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return EXIT_UNAVAILABLE
     cost = {v: rounded(spread(r["ns_per_drop"] for r in rs), 1) for v, rs in rounds.items()}
     fastest = min((v for v in cost if v != "bpftrace"), key=lambda v: cost[v]["median"])
     ratios_fastest = per_round_ratios(rounds, fastest)

@@ -34,7 +34,9 @@ import tempfile
 import threading
 import time
 
-from benchlib import HERE, RESULTS, ROUNDS, write_result
+from benchlib import HERE, RESULTS, ROUNDS, one_line_parser, write_result
+
+from netagent.errors import EXIT_UNAVAILABLE  # noqa: E402
 
 REPO = os.path.dirname(HERE)
 RUNNER = os.path.join(REPO, "packaging", "vm", "run")
@@ -45,7 +47,6 @@ TIMEOUT = float(os.environ.get("BENCH_VM_TIMEOUT", "5400"))
 # BPF bytecode compiled in a guest, kept across runs (keyed by kernel release
 # inside): a BCC compile under TCG takes minutes, a cached load seconds.
 BYTECODE_CACHE = os.environ.get("BENCH_VM_CACHE", "/var/cache/netagent-bench-vm")
-EX_USAGE, EX_UNAVAILABLE = 2, 69
 
 
 def guest_command(result_file: str) -> list[str]:
@@ -126,12 +127,7 @@ def load_previous() -> dict:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            print(f"vm_drop_cost_bench: {message}", file=sys.stderr)
-            sys.exit(EX_USAGE)
-
-    p = Parser(prog="vm_drop_cost_bench.py")
+    p = one_line_parser("vm_drop_cost_bench")
     p.add_argument("--kernels", default=",".join(KERNELS), help="comma list of kernel series (6.1, 6.12)")
     p.add_argument("--sequential", action="store_true", help="one VM after the other instead of both at once")
     args = p.parse_args(argv)
@@ -148,7 +144,7 @@ def main(argv=None) -> int:
     if os.environ.get("NETAGENT_VM"):
         print("vm_drop_cost_bench: already inside a lab VM (NETAGENT_VM is set); VMs are not nested",
               file=sys.stderr)
-        return EX_UNAVAILABLE
+        return EXIT_UNAVAILABLE
     os.makedirs(BYTECODE_CACHE, exist_ok=True)
     share = tempfile.mkdtemp(prefix="netagent-vm-bench-")
     guests = [Guest(k, share) for k in args.kernels]
@@ -164,9 +160,9 @@ def main(argv=None) -> int:
     kernels, detail, failed = {}, {}, []
     for g in guests:
         data = g.result()
-        if g.rc == EX_UNAVAILABLE and data is None:
+        if g.rc == EXIT_UNAVAILABLE and data is None:
             print(f"vm_drop_cost_bench: {g.series}: no VM here: {' | '.join(g.stderr_tail[-3:])}", file=sys.stderr)
-            return EX_UNAVAILABLE
+            return EXIT_UNAVAILABLE
         if g.rc != 0 or data is None:
             failed.append(f"{g.series} (exit {g.rc}): {' | '.join(g.stderr_tail[-5:])}")
             continue
