@@ -82,3 +82,20 @@ def diagnostic_message(line: str) -> str:
         except orjson.JSONDecodeError:
             pass
     return text
+
+
+def read_events(path) -> list[dict]:
+    """The complete lines of a file sink's events ([] before the agent created the file)."""
+    try:
+        with open(path, "rb") as f:
+            return [orjson.loads(line) for line in f if line.endswith(b"\n")]
+    except FileNotFoundError:
+        return []
+
+
+def sensor_polls(path, name: str) -> int:
+    """How often sensor `name` has polled, as the latest heartbeat in the event file says."""
+    beats = [e for e in read_events(path) if e["event"]["action"] == "heartbeat"]
+    if not beats:
+        return 0
+    return next((s.get("polls", 0) for s in beats[-1]["netagent"]["agent"]["sensors"] if s["name"] == name), 0)

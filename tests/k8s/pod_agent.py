@@ -10,6 +10,7 @@ import textwrap
 import orjson
 
 from netagent import registry
+from agent_proc import read_events
 from waiting import wait_for  # noqa: F401 (re-exported to the pod tests)
 
 NETAGENT = os.path.join(sys.prefix, "bin", "netagent")
@@ -30,14 +31,6 @@ while sent < count:
         pass  # an ICMP error reported on this unconnected socket: send again
 print(sent)
 """
-
-
-def read_events(path) -> list[dict]:
-    try:
-        with open(path, "rb") as f:
-            return [orjson.loads(line) for line in f if line.endswith(b"\n")]
-    except FileNotFoundError:
-        return []
 
 
 def udp_no_ports(snmp_text: str) -> int:

@@ -15,9 +15,9 @@ import textwrap
 import urllib.parse
 import urllib.request
 
-import orjson
 import pytest
 
+from agent_proc import read_events, sensor_polls
 from lab import veth_pair
 from netagent import registry
 from waiting import wait_for
@@ -47,22 +47,6 @@ def free_port() -> int:
 def no_ports(ns) -> int:
     lines = [ln.split() for ln in ns.read_proc("net/snmp").splitlines() if ln.startswith("Udp:")]
     return int(lines[1][lines[0].index("NoPorts")])
-
-
-def read_events(path):
-    try:
-        with open(path, "rb") as f:
-            return [orjson.loads(line) for line in f if line.endswith(b"\n")]
-    except FileNotFoundError:
-        return []
-
-
-def drop_polls(events_path) -> int:
-    """How often the drop sensor has polled, as the latest heartbeat says."""
-    beats = [e for e in read_events(events_path) if e["event"]["action"] == "heartbeat"]
-    if not beats:
-        return 0
-    return next((s.get("polls", 0) for s in beats[-1]["netagent"]["agent"]["sensors"] if s["name"] == "drops"), 0)
 
 
 class Prometheus:
@@ -167,8 +151,8 @@ def test_drops_flow_to_file_and_to_a_real_prometheus(netns_factory, tmp_path, ne
 
         wait_for(lambda: ours() >= kernel_count, 20, f"{kernel_count} drops in the event file")
         # nothing extra may arrive: wait for three more polls (heartbeats report them), not a fixed time
-        polls = drop_polls(events_path)
-        wait_for(lambda: drop_polls(events_path) >= polls + 3, 30, "three more polls")
+        polls = sensor_polls(events_path, "drops")
+        wait_for(lambda: sensor_polls(events_path, "drops") >= polls + 3, 30, "three more polls")
         assert ours() == kernel_count
         sample = next(e for e in read_events(events_path) if e.get("destination", {}).get("port") == port)
         assert sample["event"]["reason"] == "NO_SOCKET"
@@ -274,8 +258,8 @@ def test_reloads_during_a_drop_flood_count_every_drop_exactly_once(netns_factory
 
         wait_for(lambda: ours() >= kernel_count, 30, f"{kernel_count} drops in the event file")
         # nothing more may arrive: three more polls of the running drop sensor
-        polls = drop_polls(events_path)
-        wait_for(lambda: drop_polls(events_path) >= polls + 3, 30, "three more polls")
+        polls = sensor_polls(events_path, "drops")
+        wait_for(lambda: sensor_polls(events_path, "drops") >= polls + 3, 30, "three more polls")
         assert ours() == kernel_count, f"counted {ours()} drops, the kernel {kernel_count}"
         reloaded = [e for e in read_events(events_path) if e["event"]["action"] == "config-reloaded"]
         assert [r["netagent"]["agent"]["sensors_restarted"] for r in reloaded] == [["drops"]] * 3

@@ -19,10 +19,9 @@ import signal
 import sys
 import textwrap
 
-import orjson
 import pytest
 
-from agent_proc import AgentProcess
+from agent_proc import AgentProcess, read_events, sensor_polls
 from lab import veth_pair
 from netagent import registry
 from netagent.conntrack.stats import parse
@@ -57,24 +56,9 @@ def invalid_count(ns) -> int:
     return parse(ns.read_proc("net/stat/nf_conntrack")).total("invalid")
 
 
-def read_events(path):
-    try:
-        with open(path, "rb") as f:
-            return [orjson.loads(line) for line in f if line.endswith(b"\n")]
-    except FileNotFoundError:
-        return []
-
-
 def reported_invalid(path, inode: int) -> int:
     return sum(e["netagent"]["conntrack"]["deltas"].get("invalid") or 0 for e in read_events(path)
                if e["event"]["action"] == "counters" and e["netagent"]["conntrack"]["netns"] == inode)
-
-
-def conntrack_polls(path) -> int:
-    beats = [e for e in read_events(path) if e["event"]["action"] == "heartbeat"]
-    if not beats:
-        return 0
-    return next((s.get("polls", 0) for s in beats[-1]["netagent"]["agent"]["sensors"] if s["name"] == "conntrack"), 0)
 
 
 def write_config(path, events, netns: str, interval: str):
@@ -119,7 +103,7 @@ def test_conntrack_counters_across_reloads_equal_the_kernels_exactly(netns_facto
     try:
         agent.wait_for_stderr("started (pid", timeout=90)
         # the agent's baseline is taken; nothing moves the counter until the sender starts
-        wait_for(lambda: conntrack_polls(events) >= 2, 30, "the conntrack sensor polling")
+        wait_for(lambda: sensor_polls(events, "conntrack") >= 2, 30, "the conntrack sensor polling")
         base = invalid_count(server)
         sender = client.popen(sys.executable, "-c", INVALID_TCP, "10.76.0.1", "10.76.0.2", str(stop_file),
                               stdout=-1, text=True)
@@ -131,8 +115,8 @@ def test_conntrack_counters_across_reloads_equal_the_kernels_exactly(netns_facto
         kernel = invalid_count(server) - base
         wait_for(lambda: reported_invalid(events, server.inode) >= kernel, 30, f"{kernel} invalid in the events")
         # and nothing more arrives: three more polls of the running sensor
-        polls = conntrack_polls(events)
-        wait_for(lambda: conntrack_polls(events) >= polls + 3, 30, "three more polls")
+        polls = sensor_polls(events, "conntrack")
+        wait_for(lambda: sensor_polls(events, "conntrack") >= polls + 3, 30, "three more polls")
         assert invalid_count(server) - base == kernel, "the counter moved without the sender"
         assert reported_invalid(events, server.inode) == kernel, \
             f"reported {reported_invalid(events, server.inode)} invalid, the kernel counted {kernel}"
@@ -185,13 +169,6 @@ def host_config(path, events, netns: str, interval: str):
         type = "file"
         path = "{events}"
         """) + others)
-
-
-def sensor_polls(path, name) -> int:
-    beats = [e for e in read_events(path) if e["event"]["action"] == "heartbeat"]
-    if not beats:
-        return 0
-    return next((s.get("polls", 0) for s in beats[-1]["netagent"]["agent"]["sensors"] if s["name"] == name), 0)
 
 
 def test_host_counters_across_reloads_equal_the_kernels_exactly(netns_factory, tmp_path):

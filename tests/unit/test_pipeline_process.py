@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from netagent import registry
+from agent_proc import read_events
 from waiting import wait_for
 
 
@@ -34,14 +35,6 @@ def write_config(tmp_path, heartbeat="200ms", extra=""):
         {extra}
         """))
     return str(path)
-
-
-def read_events(path):
-    try:
-        with open(path, "rb") as f:
-            return [orjson.loads(line) for line in f if line.endswith(b"\n")]
-    except FileNotFoundError:
-        return []
 
 
 def start(netagent_bin, config, tmp_path, env=None):
