@@ -50,6 +50,8 @@ COUNTER_MODES = ("always", "changes", "never")
 MAX_FLOWS = 4096
 REDISCOVER_SECONDS = 5.0
 KRETPROBE_MAXACTIVE = 64  # concurrent returns tracked per probe; more are counted as missed
+# BCC sets a kretprobe's maxactive only through this file (the kprobe PMU has no field for it)
+BCC_KPROBE_EVENTS = "/sys/kernel/debug/tracing/kprobe_events"
 
 KIND_ACTIONS = {1: "insert-failed", 2: "clash-resolved", 3: "table-full", 4: "table-full"}
 KIND_OUTCOMES = {1: "dropped", 2: "merged", 3: "dropped", 4: "evicted-other-entry"}
@@ -194,6 +196,15 @@ class KprobePlan:
 
     def describe(self) -> str:
         return ", ".join(f"{kind} {fn}" for kind, fn, _ in self.probes)
+
+
+def kretprobe_maxactive(events_file: str = BCC_KPROBE_EVENTS) -> int:
+    """maxactive for the kretprobes. With maxactive set, BCC must write tracefs'
+    kprobe_events, and where that file is read-only (the systemd unit's
+    ReadOnlyPaths=/sys, seen on the Debian node: "Read-only file system") the attach
+    fails. 0 lets the kprobe PMU attach them with the kernel's default (at least
+    2 x CPUs); returns it misses are still counted (entries vs returns, `hits`)."""
+    return KRETPROBE_MAXACTIVE if os.access(events_file, os.W_OK) else 0
 
 
 def symbol_counts(names: set[str], text: str | None = None) -> dict[str, int]:
@@ -678,11 +689,12 @@ class ConntrackSensor(CounterHandover, Sensor):
             self._buffers = (bpf[b"flows_a"], bpf[b"flows_b"])
             bpf[b"active_flows"][ctypes.c_int(0)] = ctypes.c_int(self._buffers[0].get_fd())
             self._active = 0
+            maxactive = kretprobe_maxactive()
             for kind, function, program in plan.probes:
                 if kind == "kprobe":
                     bpf.attach_kprobe(event=function, fn_name=program)
                 else:
-                    bpf.attach_kretprobe(event=function, fn_name=program, maxactive=KRETPROBE_MAXACTIVE)
+                    bpf.attach_kretprobe(event=function, fn_name=program, maxactive=maxactive)
         except BaseException as exc:
             bpf.cleanup()
             self._buffers = None
