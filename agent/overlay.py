@@ -334,7 +334,8 @@ def _link_record(msg) -> dict:
     }
 
 
-def _ipr():
+def rtnetlink():
+    """A netlink (pyroute2 IPRoute) session in the calling thread's namespace; close it (`with`)."""
     try:
         from pyroute2 import IPRoute
     except ImportError as exc:  # a broken install, not a user error
@@ -450,28 +451,32 @@ def build_info(rec: dict, by_index: dict[int, dict], underlay: Underlay | None, 
     return info
 
 
-def _inventory_here(ns_name: str) -> list[InterfaceInfo]:
-    with _ipr() as ipr:
-        records = [_link_record(m) for m in ipr.get_links()]
-        by_index = {r["index"]: r for r in records}
-        out = []
-        for rec in sorted(records, key=lambda r: r["index"]):
-            underlay = None
-            if classify(rec) in TUNNEL_TYPES:
-                if rec.get("link_netnsid") is not None:
-                    # Created in another namespace and moved here: its UDP socket and
-                    # routes live there, so a lookup here would name the wrong device.
-                    params = tunnel_params(rec)
-                    family = _family_of(params["remote"]) or _family_of(params["local"]) or "ipv4"
-                    underlay = Underlay(None, None, None, family, "other-namespace")
-                else:
-                    underlay = _resolve_underlay(ipr, rec, tunnel_params(rec), by_index)
-            info = build_info(rec, by_index, underlay, ns_name)
-            if underlay is not None and underlay.found_by == "other-namespace":
-                info.notes.insert(0, f"underlay is in another namespace (link-netnsid {rec['link_netnsid']}); "
-                                     "check that namespace for its device")
-            out.append(info)
-        return out
+def inventory_here(ns_name: str, ipr=None, links: list | None = None) -> list[InterfaceInfo]:
+    """Every interface of the namespace the calling thread is in. `ipr` (rtnetlink()) and
+    `links` (its get_links()): a session and a link dump already taken here, to share."""
+    if ipr is None:
+        with rtnetlink() as ipr:
+            return inventory_here(ns_name, ipr, links)
+    records = [_link_record(m) for m in (links if links is not None else ipr.get_links())]
+    by_index = {r["index"]: r for r in records}
+    out = []
+    for rec in sorted(records, key=lambda r: r["index"]):
+        underlay = None
+        if classify(rec) in TUNNEL_TYPES:
+            if rec.get("link_netnsid") is not None:
+                # Created in another namespace and moved here: its UDP socket and
+                # routes live there, so a lookup here would name the wrong device.
+                params = tunnel_params(rec)
+                family = _family_of(params["remote"]) or _family_of(params["local"]) or "ipv4"
+                underlay = Underlay(None, None, None, family, "other-namespace")
+            else:
+                underlay = _resolve_underlay(ipr, rec, tunnel_params(rec), by_index)
+        info = build_info(rec, by_index, underlay, ns_name)
+        if underlay is not None and underlay.found_by == "other-namespace":
+            info.notes.insert(0, f"underlay is in another namespace (link-netnsid {rec['link_netnsid']}); "
+                                 "check that namespace for its device")
+        out.append(info)
+    return out
 
 
 def inventory(ns: netns_mod.Netns | None = None) -> list[InterfaceInfo]:
@@ -480,7 +485,7 @@ def inventory(ns: netns_mod.Netns | None = None) -> list[InterfaceInfo]:
     Raises ProbeUnavailable if the namespace cannot be entered.
     """
     ns = ns or netns_mod.current()
-    return netns_mod.run_in(ns, _inventory_here, ns.name)
+    return netns_mod.run_in(ns, inventory_here, ns.name)
 
 
 def describe(ns: netns_mod.Netns | None, ifname: str) -> InterfaceInfo:
@@ -492,7 +497,7 @@ def describe(ns: netns_mod.Netns | None, ifname: str) -> InterfaceInfo:
 
 
 def _egress_index(dst: str) -> int | None:
-    with _ipr() as ipr:
+    with rtnetlink() as ipr:
         oif, _ = _route_get(ipr, dst)
         return oif
 

@@ -21,7 +21,7 @@ import time
 
 from netagent.events import Sequencer
 from netagent.jsonline import dumps_line
-from netagent.watchdog import WATCHDOG
+from netagent.watchdog import IDLE_WAKE, WATCHDOG
 
 PLACES = ("kernel", "queue", "sink", "spool")
 
@@ -34,6 +34,7 @@ class EventQueue:
         self._items: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self.dropped = 0
+        self._closing = False  # see set_closing
 
     def __len__(self):
         return len(self._items)
@@ -63,9 +64,16 @@ class EventQueue:
             self._cond.notify()
         return True
 
+    def set_closing(self, closing: bool) -> None:
+        """While closing, get_batch() never waits: the dispatcher sees its stop at once,
+        however long its idle wait, and whenever the stop came."""
+        with self._cond:
+            self._closing = closing
+            self._cond.notify_all()
+
     def get_batch(self, max_items: int, timeout: float) -> list[dict]:
         with self._cond:
-            if not self._items:
+            if not self._items and not self._closing:
                 self._cond.wait(timeout)
             n = min(max_items, len(self._items))
             batch = [self._items.popleft() for _ in range(n)]
@@ -113,6 +121,7 @@ class Pipeline:
     # -- consumer -------------------------------------------------------------------
     def start(self) -> None:
         self._stop.clear()
+        self.queue.set_closing(False)
         # a bug in dispatch must not end the agent's only path to its sinks:
         # the watchdog restarts the loop, counts it and says why (heartbeat)
         self._thread = WATCHDOG.start("pipeline-dispatch", self._run, self._stop, on_failure=self._after_failure)
@@ -129,7 +138,7 @@ class Pipeline:
         stamp = self.sequencer.stamp
         by_dataset = self.by_dataset
         while True:
-            batch = self.queue.get_batch(self.batch, 0.2)
+            batch = self.queue.get_batch(self.batch, IDLE_WAKE)  # woken by a publish or by stop()
             if not batch:
                 self._busy = False
                 if self._stop.is_set():
@@ -191,6 +200,7 @@ class Pipeline:
     def stop(self, timeout: float) -> bool:
         drained = self.drain(timeout)
         self._stop.set()
+        self.queue.set_closing(True)
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         return drained

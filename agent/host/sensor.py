@@ -164,14 +164,14 @@ class HostSensor(CounterHandover, Sensor):
         for ns in spaces:
             seen.add(ns.inode)
             try:
-                cur = snapshot.read_netns(ns)
+                cur, infos = netns_mod.run_in(ns, _readings_here, ns, self.inventory)
             except (AgentError, OSError):
                 self.errors += 1  # namespace vanished between listing and entering it
                 continue
             prev = self._netns.get(ns.inode)
             self._netns[ns.inode] = cur
             if self.inventory:
-                events.extend(self._inventory_events(ns))
+                events.extend(self._inventory_events(ns, infos))
             if prev is not None:
                 body = metrics.netns_delta(prev, cur, all_interfaces=self.all_interfaces)
                 body["sample"] = sample
@@ -204,10 +204,8 @@ class HostSensor(CounterHandover, Sensor):
         return self._kube_proxy
 
     # -- overlay inventory events --------------------------------------------------------
-    def _inventory_events(self, ns: netns_mod.Netns) -> list[dict]:
-        try:
-            infos = overlay.inventory(ns)
-        except (AgentError, OSError):
+    def _inventory_events(self, ns: netns_mod.Netns, infos: list | Exception) -> list[dict]:
+        if isinstance(infos, Exception):  # the inventory could not be read (see _readings_here)
             self.errors += 1
             return []
         out = []
@@ -235,6 +233,28 @@ class HostSensor(CounterHandover, Sensor):
                                  netagent={"overlay": {"interface": {"name": name, "index": ident[1]},
                                                        "netns": {"inode": inode}}}))
         return out
+
+
+def _readings_here(ns: netns_mod.Netns, inventory: bool) -> tuple[snapshot.NetnsSnapshot, list | Exception | None]:
+    """Inside `ns`: its counters and, with `inventory`, its interfaces (or why they could not
+    be read), from one netlink session and one link dump: each reading on its own takes the
+    dump again, and decoding it (pyroute2) is most of a host poll's CPU time."""
+    if not inventory:
+        return snapshot.netns_here(ns, True), None
+    try:
+        ipr = overlay.rtnetlink()
+    except (AgentError, OSError) as exc:
+        return snapshot.netns_here(ns, True), exc
+    with ipr:
+        try:
+            links = list(ipr.get_links())
+        except Exception:
+            links = None  # each reading takes its own dump and reports the failure its own way
+        snap = snapshot.netns_here(ns, True, links)
+        try:
+            return snap, overlay.inventory_here(ns.name, ipr, links)
+        except (AgentError, OSError) as exc:
+            return snap, exc
 
 
 def inventory_event(info: overlay.InterfaceInfo, ns: netns_mod.Netns, action: str = "interface-seen") -> dict:

@@ -136,8 +136,9 @@ def parse_sockstat(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def _netns_here(ns: netns_mod.Netns, with_sockets: bool) -> NetnsSnapshot:
-    """Runs inside `ns` (on a helper thread): read every per-namespace source."""
+def netns_here(ns: netns_mod.Netns, with_sockets: bool, links: list | None = None) -> NetnsSnapshot:
+    """Runs inside `ns` (on a helper thread): read every per-namespace source.
+    `links`: a link dump (pyroute2 get_links()) already taken here, else one is taken."""
     snap = NetnsSnapshot(time.monotonic(), ns)
     for name in ("snmp", "netstat"):
         try:
@@ -156,14 +157,16 @@ def _netns_here(ns: netns_mod.Netns, with_sockets: bool) -> NetnsSnapshot:
     except OSError:
         pass  # IPv6 disabled in this namespace: no snmp6, nothing to report
     try:
-        from pyroute2 import IPRoute
+        if links is None:
+            from pyroute2 import IPRoute
 
-        with IPRoute() as ipr:
-            for msg in ipr.get_links():
-                stats = msg.get("IFLA_STATS64") or msg.get("IFLA_STATS")
-                name = msg.get("IFLA_IFNAME")
-                if stats and name:
-                    snap.nic[name] = {k: int(v) for k, v in dict(stats).items()}
+            with IPRoute() as ipr:
+                links = list(ipr.get_links())
+        for msg in links:
+            stats = msg.get("IFLA_STATS64") or msg.get("IFLA_STATS")
+            name = msg.get("IFLA_IFNAME")
+            if stats and name:
+                snap.nic[name] = {k: int(v) for k, v in dict(stats).items()}
     except Exception as exc:  # netlink refused: report it, keep the rest
         snap.errors.append(f"interface statistics: {exc}")
     snap.conntrack_count = _read_int("/proc/sys/net/netfilter/nf_conntrack_count")
@@ -192,7 +195,7 @@ def _netns_here(ns: netns_mod.Netns, with_sockets: bool) -> NetnsSnapshot:
 
 def read_netns(ns: netns_mod.Netns, with_sockets: bool = True) -> NetnsSnapshot:
     """Counters of namespace `ns` now. ProbeUnavailable if it cannot be entered."""
-    return netns_mod.run_in(ns, _netns_here, ns, with_sockets)
+    return netns_mod.run_in(ns, netns_here, ns, with_sockets)
 
 
 def socket_owners(inodes: set[int], proc: str = "/proc") -> dict[int, dict]:

@@ -37,7 +37,7 @@ import threading
 import time
 
 from netagent.configschema import positive
-from netagent.watchdog import WATCHDOG
+from netagent.watchdog import IDLE_WAKE, WATCHDOG
 
 # Keys every [[sinks]] table may have, whatever its type.
 COMMON_SCHEMA = {
@@ -260,8 +260,9 @@ class BufferedSink(Sink):
                 if self.stopping.is_set():
                     break
                 self._wake.clear()
-                if not self._buf and not self._reopen_requested:
-                    self._wake.wait(0.5)
+                # after clear(): whatever sets _wake after setting these (submit, reopen, close) wakes us
+                if not self._buf and not self._reopen_requested and not self.stopping.is_set():
+                    self._wake.wait(IDLE_WAKE)
                 continue
             try:
                 n = self.deliver(batch)

@@ -9,6 +9,8 @@ import pytest
 from netagent.events import new_event
 from netagent.pipeline import EventQueue, Pipeline
 from netagent.sinks.base import BufferedSink
+from netagent.watchdog import IDLE_WAKE
+from waiting import wait_until
 
 
 class RecordingSink(BufferedSink):
@@ -182,3 +184,20 @@ def test_event_queue_batches_in_order():
     assert [e["n"] for e in q.get_batch(5, 0)] == [0, 1, 2, 3, 4]
     assert [e["n"] for e in q.get_batch(5, 0)] == [5, 6]
     assert q.get_batch(5, 0.01) == []
+
+
+@pytest.mark.timeout(60)
+def test_idle_threads_sleep_until_work_yet_stop_at_once():
+    """The dispatcher and a sink's delivery thread wait IDLE_WAKE between looks when idle
+    (issue 12: fewer wakeups); stop() and close() end them at once, not at their next look."""
+    assert IDLE_WAKE >= 2.0  # longer than the joins below: only a prompt wakeup can pass
+    sink = RecordingSink("idle")
+    sink.start()
+    pipeline = Pipeline([sink], capacity=100)
+    pipeline.start()
+    pipeline.publish(events(1))
+    assert wait_until(lambda: len(sink.lines) == 1), "the event did not go through"
+    pipeline.stop(1.0)  # joins the dispatcher for at most 1 s
+    assert not pipeline._thread.is_alive(), "stop() left the dispatcher asleep"
+    sink.close(1.0)  # joins the delivery thread for at most 1 s
+    assert not sink._thread.is_alive(), "close() left the delivery thread asleep"

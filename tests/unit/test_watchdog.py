@@ -55,8 +55,14 @@ def test_prometheus_http_thread_killed_is_restarted_counted_and_explained(capfd)
         before = record(name)["restarts"]
         with urllib.request.urlopen(url, timeout=10) as r:
             assert r.status == 200
-        kill(thread_named(name))
-        assert wait_until(lambda: record(name)["restarts"] == before + 1), WATCHDOG.status()
+        # The accept thread may not be back from starting that request's handler thread yet
+        # (a loaded machine): an exception landing there is socketserver's to report
+        # (handle_error) and the loop serves on. Kill again until one lands in the loop itself.
+        for _ in range(10):
+            kill(thread_named(name))
+            if wait_until(lambda: record(name)["restarts"] > before, timeout=3):
+                break
+        assert record(name)["restarts"] == before + 1, WATCHDOG.status()
         assert "KilledFromOutside" in record(name)["last_reason"]
         # scrapes are answered again, on the same port, by a thread the watchdog still runs
         assert wait_until(lambda: _answers(url)), "the /metrics endpoint did not come back"
