@@ -244,20 +244,19 @@ class Peer:
     replaces it instead). Valid for one pod index: Attributor builds new Peers
     at each refresh."""
 
-    __slots__ = ("fields", "as_destination", "_as_source")
+    __slots__ = ("fields", "as_destination", "pairs")
 
     def __init__(self, pod: PodInfo):
         self.fields = peer_fields(pod)
         self.as_destination = {"destination": self.fields}  # the source is no pod of ours
-        self._as_source: dict[Peer | None, dict] = {}  # destination's Peer (None: no pod) -> the object
+        self.pairs: dict[Peer | None, dict] = {}  # with this pod as the source: destination's Peer or None
 
-    def as_source(self, destination: "Peer | None") -> dict:
-        pair = self._as_source.get(destination)
-        if pair is None:
-            pair = {"source": self.fields}
-            if destination is not None:
-                pair["destination"] = destination.fields
-            self._as_source[destination] = pair  # bounded by the pods of the node
+    def pair_with(self, destination: "Peer | None") -> dict:
+        """The object for a flow from this pod to `destination` (None: no pod of ours), kept."""
+        pair = {"source": self.fields}
+        if destination is not None:
+            pair["destination"] = destination.fields
+        self.pairs[destination] = pair  # bounded by the pods of the node
         return pair
 
 
@@ -371,7 +370,7 @@ class Attributor(Processor):
                 src = peers(src.get("ip")) if src else None
                 dst = peers(dst.get("ip")) if dst else None
                 if src is not None:
-                    netagent["kubernetes"] = src.as_source(dst)
+                    netagent["kubernetes"] = src.pairs.get(dst) or src.pair_with(dst)
                 elif dst is not None:
                     netagent["kubernetes"] = dst.as_destination
         return events
