@@ -350,8 +350,10 @@ class Attributor(Processor):
                     # "host"); a drop's answer also depends on its interface, unless the sensor named it
                     key = body.get(field)
                     ifindex = (0 if body.get("interface") else body.get("ifindex") or 0) if is_drop else 0
-                    by_ifindex = views[is_drop].get(key)
-                    view = by_ifindex.get(ifindex) if by_ifindex is not None else None
+                    try:
+                        view = views[is_drop][key][ifindex]
+                    except KeyError:  # the first event of this namespace and interface
+                        view = None
                     if view is None or (view[3] and now >= view[3]):
                         view = self._remember(key, ifindex, is_drop, now)
                     top, add, flags, _retry = view
