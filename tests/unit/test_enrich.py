@@ -142,28 +142,19 @@ def test_where_each_dataset_keeps_its_namespace():
     assert enricher(other)["kubernetes"] == {"node": {"name": "n"}} and "host_network" not in other["netagent"]
 
 
-class ListedPods:
-    """A runtime whose pod list the test changes between refreshes."""
-
-    present = True
-
-    def __init__(self, pods):
-        self.pods = pods
-
-    def list_pods(self):
-        return list(self.pods)
-
-    def describe(self):
-        return f"{len(self.pods)} listed pods"
-
-
 def test_kept_answers_follow_the_index_deleted_pod_after_its_grace_and_a_new_pod_in_a_seen_namespace():
     """The stage keeps each namespace's answer until the index changes: a pod deleted is named
     for its grace period only, and a new pod in a namespace seen before is named after the refresh."""
     from netagent.enrich.pods import PodIndex
 
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "bench"))
+    try:
+        from enrich_bench import StaticSource  # the pods of a node without a runtime: the test changes the list
+    finally:
+        sys.path.pop(0)
+
     now = [0.0]
-    source = ListedPods([PodInfo("sb1", "payments", "api-0", "u-1", netns_inode=POD.netns_inode,
+    source = StaticSource([PodInfo("sb1", "payments", "api-0", "u-1", netns_inode=POD.netns_inode,
                                  ips=["10.1.0.2"], containers=[("c1", "api")])])
     index = PodIndex(source, refresh_interval=10.0, grace=30.0, clock=lambda: now[0])
     index.refresh()
