@@ -325,7 +325,8 @@ class Attributor(Processor):
                 self._peers[ip] = peer
 
     def _forget_views(self) -> None:
-        self._views = {True: {}, False: {}}
+        for kind in self._views.values():
+            kind.clear()  # in place: process() holds the dicts for the rest of its batch
         self._view_count = 0
 
     def process(self, events: list[dict]) -> list[dict]:

@@ -181,6 +181,19 @@ def test_kept_answers_follow_the_index_deleted_pod_after_its_grace_and_a_new_pod
     assert reused["netagent"]["kubernetes"] == {"destination": {"namespace": "shop", "pod": "web-0"}}
 
 
+def test_answers_forgotten_at_their_bound_in_the_middle_of_a_batch_are_worked_out_again(monkeypatch):
+    from netagent.enrich import processors
+
+    monkeypatch.setattr(processors, "VIEW_LIMIT", 3)
+    pods = [PodInfo(f"sb{i}", "shop", f"web-{i}", f"u-{i}", netns_inode=4026540000 + i, ips=[f"10.2.0.{i}"])
+            for i in range(8)]
+    enricher = Enricher(StubIndex(pods), node="n")
+    events = enricher.process_batch([drop(pod.netns_inode, dst=pod.ips[0]) for pod in pods * 3])
+    assert [e["kubernetes"]["pod"]["name"] for e in events] == [pod.name for pod in pods * 3]
+    assert [e["netagent"]["kubernetes"]["destination"]["pod"] for e in events] == [pod.name for pod in pods * 3]
+    assert sum(len(by_ifindex) for kind in enricher.processors[0]._views.values() for by_ifindex in kind.values()) <= 3
+
+
 def test_peer_objects_shared_between_events_are_not_changed_by_the_api_server_processor():
     """Events between the same two pods share one netagent.kubernetes object; the API server's
     processor, adding a workload to one event, gives that event a new object instead."""
