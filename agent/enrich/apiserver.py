@@ -466,7 +466,9 @@ class ApiPeerAttributor:
                 if peer is None:
                     gap = gap or (ip is not None and local is None)
                 elif local is None or (local["namespace"] == peer["namespace"] and local["pod"] == peer["pod"]):
-                    named[side] = peer  # the same pod with its workload, or a pod of another node
+                    # the same pod with its workload, or a pod of another node; in a new object:
+                    # the runtime's is shared by the events between the same two pods (processors.Peer)
+                    named = body["kubernetes"] = {**named, side: peer}
             if unavailable and gap:
                 missed += 1
         if missed:

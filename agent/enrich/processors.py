@@ -234,6 +234,32 @@ def peer_fields(pod: PodInfo) -> dict:
     return cached
 
 
+class Peer:
+    """A pod as the peer of a flow, with the netagent.kubernetes objects it is part of.
+
+    One {source, destination} object per pair of pods, built on the pair's first
+    event and shared by the events after it (as pod_fields shares a pod's
+    fields): no allocation per event, for the dispatcher or for the garbage
+    collector. Shared, so nothing may change one in place (ApiPeerAttributor
+    replaces it instead). Valid for one pod index: Attributor builds new Peers
+    at each refresh."""
+
+    __slots__ = ("fields", "as_destination", "pairs")
+
+    def __init__(self, pod: PodInfo):
+        self.fields = peer_fields(pod)
+        self.as_destination = {"destination": self.fields}  # the source is no pod of ours
+        self.pairs: dict[Peer | None, dict] = {}  # with this pod as the source: destination's Peer or None
+
+    def pair_with(self, destination: "Peer | None") -> dict:
+        """The object for a flow from this pod to `destination` (None: no pod of ours), kept."""
+        pair = {"source": self.fields}
+        if destination is not None:
+            pair["destination"] = destination.fields
+        self.pairs[destination] = pair  # bounded by the pods of the node
+        return pair
+
+
 HOST_NETWORK, ATTRIBUTION_FAILED, NAMES_POD = 1, 2, 4
 VIEW_LIMIT = 65536  # (namespace, interface) answers kept between index changes
 
@@ -252,9 +278,10 @@ class Attributor(Processor):
     per-event interpreter work, and each separate pass repeats the loop and the
     dataset lookup. The answer for a (namespace, interface) pair is worked out
     once and kept until the pod index changes (each refresh): an event then
-    costs one tuple lookup and two dict.update() calls. An answer nothing could
-    give (unknown namespace, interface lookup failed) is worked out again after
-    its retry time, so a pod or a link that appears later is named.
+    costs two dict lookups and two dict.update() calls, and allocates nothing
+    (the answers and the peers' objects are shared; see Peer). An answer nothing
+    could give (unknown namespace, interface lookup failed) is worked out again
+    after its retry time, so a pod or a link that appears later is named.
     """
 
     def __init__(self, pods, directory: NetnsDirectory, failures: Failures, node: str | None,
@@ -268,8 +295,12 @@ class Attributor(Processor):
         self.host_inode = directory.host.inode
         self._node_fields = {"kubernetes": {"node": {"name": node}}} if node and pods is not None else None
         self.node_fields = None  # set while this is a Kubernetes node (a runtime found), see _sync()
-        self._views: dict[tuple, tuple] = {}
-        self._peers: dict[str, dict] = {}  # ip -> {namespace, pod}
+        # the answers, by whether the dataset is a drop (see NETNS_FIELD), then by the namespace
+        # as the sensor wrote it, then by ifindex (0 for other datasets): nested dicts, so that
+        # finding one builds no key tuple per event
+        self._views: dict[bool, dict] = {True: {}, False: {}}
+        self._view_count = 0
+        self._peers: dict[str, Peer] = {}  # ip -> the pod that has it
         self._generation = None
 
     def _sync(self) -> None:
@@ -279,15 +310,29 @@ class Attributor(Processor):
         if generation == self._generation:
             return
         self._generation = generation
-        self._views = {}
+        self._forget_views()
         if pods is not None:
             self.namer.name_new_pods_ahead()
         # no runtime found (healthy None): not a Kubernetes node as far as we know, no kubernetes.*
         self.node_fields = self._node_fields if pods is not None and pods.healthy is not None else None
-        self._peers = {ip: peer_fields(pod) for ip, pod in pods.by_ip.items()} if pods is not None else {}
+        self._peers = {}
+        if pods is not None:
+            of_pod: dict[int, Peer] = {}  # one Peer per pod, whatever the number of its IPs
+            for ip, pod in pods.by_ip.items():
+                peer = of_pod.get(id(pod))
+                if peer is None:
+                    peer = of_pod[id(pod)] = Peer(pod)
+                self._peers[ip] = peer
+
+    def _forget_views(self) -> None:
+        for kind in self._views.values():
+            kind.clear()  # in place: process() holds the dicts for the rest of its batch
+        self._view_count = 0
 
     def process(self, events: list[dict]) -> list[dict]:
         self._sync()
+        # one clock read per batch: retry times are seconds apart, a batch takes milliseconds
+        now = self.clock()
         views = self._views
         peers = self._peers.get if self._peers else None
         node_fields = self.node_fields
@@ -299,19 +344,19 @@ class Attributor(Processor):
                 if node_fields is not None and "kubernetes" not in event:
                     event.update(node_fields)  # heartbeats, host metrics: the node, no namespace
             else:
-                body = netagent.get(where[0])
+                part, field, is_drop = where
+                body = netagent.get(part)
                 if body:
                     # keyed by the value as the sensor wrote it (an inode, or a --netns spec such as
-                    # "host"); a drop's key also has its interface, unless the sensor named it
-                    key = body.get(where[1])
-                    if where[2]:
-                        key = (key, 0 if body.get("interface") else body.get("ifindex") or 0)
-                    view = views.get(key)
-                    if view is None or (view[3] and self.clock() >= view[3]):
-                        view = self._view(key, where[2])
-                        if len(views) >= VIEW_LIMIT:
-                            views.clear()
-                        views[key] = view
+                    # "host"); a drop's answer also depends on its interface, unless the sensor named it
+                    key = body.get(field)
+                    ifindex = (0 if body.get("interface") else body.get("ifindex") or 0) if is_drop else 0
+                    try:
+                        view = views[is_drop][key][ifindex]
+                    except KeyError:  # the first event of this namespace and interface
+                        view = None
+                    if view is None or (view[3] and now >= view[3]):
+                        view = self._remember(key, ifindex, is_drop, now)
                     top, add, flags, _retry = view
                     if top:
                         event.update(top)
@@ -323,23 +368,37 @@ class Attributor(Processor):
                         if flags & ATTRIBUTION_FAILED:
                             self.failures.count("runtime_unavailable")
             if peers is not None:
-                src = event.get("source")
-                dst = event.get("destination")
-                src = peers(src.get("ip")) if src else None
-                dst = peers(dst.get("ip")) if dst else None
-                # a dict of its own per event: the API server's processor adds to it in place
+                # subscripts, not .get(): an event without an address is the rare case, and a
+                # try costs nothing when nothing is raised (four method calls fewer per event)
+                try:
+                    src = peers(event["source"]["ip"])
+                except (KeyError, TypeError):
+                    src = None
+                try:
+                    dst = peers(event["destination"]["ip"])
+                except (KeyError, TypeError):
+                    dst = None
                 if src is not None:
-                    netagent["kubernetes"] = {"source": src} if dst is None else {"source": src, "destination": dst}
+                    netagent["kubernetes"] = src.pairs.get(dst) or src.pair_with(dst)
                 elif dst is not None:
-                    netagent["kubernetes"] = {"destination": dst}
+                    netagent["kubernetes"] = dst.as_destination
         return events
 
-    def _view(self, key, is_drop: bool) -> tuple:
+    def _remember(self, key, ifindex: int, is_drop: bool, now: float) -> tuple:
+        """Work out the answer for (namespace, interface) and keep it (bounded)."""
+        view = self._view(key, ifindex, is_drop, now)
+        if self._view_count >= VIEW_LIMIT:
+            self._forget_views()
+        by_ifindex = self._views[is_drop].setdefault(key, {})
+        self._view_count += ifindex not in by_ifindex
+        by_ifindex[ifindex] = view
+        return view
+
+    def _view(self, inode, ifindex: int, is_drop: bool, now: float) -> tuple:
         """(top-level fields, fields for the dataset's object, flags, retry time or 0)."""
-        inode, ifindex = key if is_drop else (key, 0)
         if type(inode) is not int and inode is not None:
             inode = self.directory.inode_of(inode) if isinstance(inode, str) else None
-        top, name, flags, retry = self._netns_view(inode) if inode is not None else (None, None, 0, 0)
+        top, name, flags, retry = self._netns_view(inode, now) if inode is not None else (None, None, 0, 0)
         # a drop always shows its namespace's name; other datasets keep their own unless it is a pod's
         add = {"netns_name": name} if name and (is_drop or flags & NAMES_POD) else {}
         flags &= ~NAMES_POD
@@ -348,11 +407,11 @@ class Attributor(Processor):
             if ifname is not None:
                 add["interface"] = ifname
             else:
-                again = self.clock() + IFNAME_RETRY
+                again = now + IFNAME_RETRY
                 retry = min(retry, again) if retry else again
         return top, add, flags, retry
 
-    def _netns_view(self, inode: int) -> tuple:
+    def _netns_view(self, inode: int, now: float) -> tuple:
         """(top-level fields, netns display name, flags, retry time or 0) for a namespace."""
         if inode == self.host_inode:
             return self.node_fields, "host", HOST_NETWORK, 0
@@ -367,7 +426,7 @@ class Attributor(Processor):
             else:
                 pods.note_miss(inode)
         ns = self.directory.get(inode)
-        retry = 0 if ns is not None else self.clock() + DIRECTORY_RESCAN_SPACING
+        retry = 0 if ns is not None else now + DIRECTORY_RESCAN_SPACING
         return self.node_fields, ns.name if ns else None, flags, retry
 
 

@@ -142,6 +142,79 @@ def test_where_each_dataset_keeps_its_namespace():
     assert enricher(other)["kubernetes"] == {"node": {"name": "n"}} and "host_network" not in other["netagent"]
 
 
+def test_kept_answers_follow_the_index_deleted_pod_after_its_grace_and_a_new_pod_in_a_seen_namespace():
+    """The stage keeps each namespace's answer until the index changes: a pod deleted is named
+    for its grace period only, and a new pod in a namespace seen before is named after the refresh."""
+    from netagent.enrich.pods import PodIndex
+
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "bench"))
+    try:
+        from enrich_bench import StaticSource  # the pods of a node without a runtime: the test changes the list
+    finally:
+        sys.path.pop(0)
+
+    now = [0.0]
+    source = StaticSource([PodInfo("sb1", "payments", "api-0", "u-1", netns_inode=POD.netns_inode,
+                                 ips=["10.1.0.2"], containers=[("c1", "api")])])
+    index = PodIndex(source, refresh_interval=10.0, grace=30.0, clock=lambda: now[0])
+    index.refresh()
+    enricher = Enricher(index, node="n")
+    assert enricher(drop(POD.netns_inode))["kubernetes"]["pod"]["name"] == "api-0"
+    source.pods = []  # deleted: its last events, flushed later, still name it
+    now[0] = 40.0  # refresh interval + grace after it was last listed
+    index.refresh()
+    late = enricher(drop(POD.netns_inode))
+    assert late["kubernetes"]["pod"]["name"] == "api-0"
+    assert late["netagent"]["kubernetes"] == {"destination": {"namespace": "payments", "pod": "api-0"}}
+    now[0] = 40.5
+    index.refresh()
+    gone = enricher(drop(POD.netns_inode))
+    assert "orchestrator" not in gone and gone["kubernetes"] == {"node": {"name": "n"}}
+    assert "kubernetes" not in gone["netagent"]  # its IP names no pod either
+    source.pods = [PodInfo("sb2", "shop", "web-0", "u-2", netns_inode=POD.netns_inode, ips=["10.1.0.2"],
+                           containers=[("c2", "web")])]  # the inode reused by a new sandbox
+    assert "orchestrator" not in enricher(drop(POD.netns_inode))  # not listed yet
+    index.refresh()
+    reused = enricher(drop(POD.netns_inode))
+    assert reused["orchestrator"]["resource"]["name"] == "web-0" and reused["kubernetes"]["pod"]["uid"] == "u-2"
+    assert reused["netagent"]["drop"]["netns_name"] == "pod shop/web-0"
+    assert reused["netagent"]["kubernetes"] == {"destination": {"namespace": "shop", "pod": "web-0"}}
+
+
+def test_answers_forgotten_at_their_bound_in_the_middle_of_a_batch_are_worked_out_again(monkeypatch):
+    from netagent.enrich import processors
+
+    monkeypatch.setattr(processors, "VIEW_LIMIT", 3)
+    pods = [PodInfo(f"sb{i}", "shop", f"web-{i}", f"u-{i}", netns_inode=4026540000 + i, ips=[f"10.2.0.{i}"])
+            for i in range(8)]
+    enricher = Enricher(StubIndex(pods), node="n")
+    events = enricher.process_batch([drop(pod.netns_inode, dst=pod.ips[0]) for pod in pods * 3])
+    assert [e["kubernetes"]["pod"]["name"] for e in events] == [pod.name for pod in pods * 3]
+    assert [e["netagent"]["kubernetes"]["destination"]["pod"] for e in events] == [pod.name for pod in pods * 3]
+    assert sum(len(by_ifindex) for kind in enricher.processors[0]._views.values() for by_ifindex in kind.values()) <= 3
+
+
+def test_peer_objects_shared_between_events_are_not_changed_by_the_api_server_processor():
+    """Events between the same two pods share one netagent.kubernetes object; the API server's
+    processor, adding a workload to one event, gives that event a new object instead."""
+    from netagent.enrich.apiserver import ApiPeerAttributor, ClusterPods
+
+    db = PodInfo("sb2", "payments", "db-0", "u-2", netns_inode=4026539998, ips=["10.1.0.3"])
+    enricher = Enricher(StubIndex([POD, db]), node="n")
+    cluster = ClusterPods(None, "in-process", grace=5.0)
+    cluster.by_ip = {"10.1.0.3": {"namespace": "payments", "pod": "db-0", "workload": "StatefulSet/db"}}
+    cluster.healthy = True
+    enricher.processors.append(ApiPeerAttributor(cluster, enricher.failures))
+    first = enricher(drop(POD.netns_inode, src="10.1.0.2", dst="10.1.0.3"))
+    assert first["netagent"]["kubernetes"] == {"source": {"namespace": "payments", "pod": "api-0"},
+                                               "destination": cluster.by_ip["10.1.0.3"]}
+    enricher.processors.pop()  # the runtime's names only, for the same two pods
+    second = enricher(drop(POD.netns_inode, src="10.1.0.2", dst="10.1.0.3"))
+    assert second["netagent"]["kubernetes"] == {"source": {"namespace": "payments", "pod": "api-0"},
+                                                "destination": {"namespace": "payments", "pod": "db-0"}}
+    assert first["netagent"]["kubernetes"]["destination"]["workload"] == "StatefulSet/db"
+
+
 def test_runtime_socket_detection_order(tmp_path, monkeypatch):
     monkeypatch.delenv("NETAGENT_RUNTIME_SOCKET", raising=False)
     first, second = tmp_path / "containerd.sock", tmp_path / "crio.sock"
