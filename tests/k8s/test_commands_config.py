@@ -15,7 +15,7 @@ import pytest
 
 from apiserver_lab import FakeApiServer, owner, pod_object
 from dns_lab import answer
-from fake_cri import FakeCriServer, FakePod
+from fake_cri import FakePod
 from lab import Namespace
 from pod_agent import Sandbox
 
@@ -56,13 +56,6 @@ def api(tmp_path):
     server = FakeApiServer(str(tmp_path / "apiserver")).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def cri():
-    server = FakeCriServer().start()
-    yield server
-    server.close()
 
 
 @pytest.fixture
