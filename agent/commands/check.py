@@ -18,6 +18,7 @@ import click
 
 from netagent import netns as netns_mod
 from netagent import overlay
+from netagent.commands.options import kubernetes_config_option
 from netagent.enrich.cli import command_enricher, pod_netns, pod_option
 from netagent.enrich.processors import pod_label
 from netagent.errors import EXIT_FINDINGS, EXIT_OK, AgentError, ProbeUnavailable, UsageError
@@ -289,8 +290,9 @@ def emit_json(report: Report, emitter: JsonLineEmitter, exit_code: int) -> None:
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
               help="Override a rule threshold, e.g. steal_pct=5 or conntrack_fill_pct=80; repeatable.")
 @pod_option
+@kubernetes_config_option
 @output_option
-def check(netns_specs, pod, window, with_drops, thresholds, output):
+def check(netns_specs, pod, kubernetes, window, with_drops, thresholds, output):
     """One-shot report: interfaces and overlays, counters, and every finding.
 
     Exit status: 0 nothing found, 1 findings, 2 usage, 69 unavailable,
@@ -303,7 +305,7 @@ def check(netns_specs, pod, window, with_drops, thresholds, output):
     if seconds > 300:
         raise UsageError("--window: at most 5m for a one-shot check")
     rules = _parse_thresholds(thresholds)
-    pod_spec, pod_info = pod_netns(pod, netns_specs)
+    pod_spec, pod_info = pod_netns(pod, netns_specs, runtime_socket=kubernetes["runtime_socket"])
     namespaces: list[netns_mod.Netns] = []
     for spec in ((pod_spec,) if pod_info else netns_specs) or ("",):
         ns = netns_mod.resolve(spec)
@@ -314,7 +316,7 @@ def check(netns_specs, pod, window, with_drops, thresholds, output):
     host = netns_mod.current()
     if any(ns.inode != host.inode for ns in namespaces) and os.geteuid() != 0:
         require_caps(["CAP_SYS_ADMIN"], "enter another network namespace")
-    enrich = command_enricher(note)
+    enrich = command_enricher(note, kubernetes)
     try:
         report = gather(namespaces, seconds, rules, with_drops, enrich=enrich)
     finally:

@@ -13,6 +13,7 @@ import sys
 import click
 
 from netagent import config as config_mod
+from netagent.commands.options import config_option
 from netagent.errors import EXIT_OK, EXIT_UNAVAILABLE
 from netagent.output import output_option, resolve_output
 from netagent.privileges import missing_for_bpf
@@ -55,9 +56,7 @@ def exit_code(statuses: list[SensorStatus]) -> int:
 
 
 @click.command()
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
-              help=f"TOML configuration, as for `run` (default: {config_mod.DEFAULT_PATH} if it exists, "
-                   "else the embedded default).")
+@config_option(extra_help="The same file `run` reads.")
 @output_option
 def doctor(config_path, output):
     """Report kernel features, privileges and each configured sensor's attach path.

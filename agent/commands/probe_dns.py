@@ -6,6 +6,7 @@ from netagent import netns as netns_mod
 from netagent.dns import report
 from netagent.dns.probe import MODES, run_probe
 from netagent.dns.settings import prepare, unavailable_reason
+from netagent.commands.options import kubernetes_config_option
 from netagent.enrich.cli import command_enricher, pod_netns, pod_option, pod_resolv_conf
 from netagent.errors import ProbeUnavailable, UsageError
 from netagent.output import JsonLineEmitter, note, output_option, render_table, resolve_output
@@ -43,6 +44,7 @@ def _interval(ctx, param, value):
 @click.option("--netns", default=None, metavar="NAME|PATH|pid:N",
               help="Probe from inside this network namespace (needs root or CAP_SYS_ADMIN).")
 @pod_option
+@kubernetes_config_option(short=False)  # -c is --count here
 @click.option("--resolv-conf", "resolv_conf", default=None, metavar="PATH",
               help="Read this file instead of the namespace's resolv.conf.")
 @click.option("--type", "qtype", default=None, callback=_qtype, metavar="A|AAAA|both",
@@ -62,7 +64,7 @@ def _interval(ctx, param, value):
 @click.option("--all-candidates", is_flag=True,
               help="Query every name of the search expansion, not only those the resolver would reach.")
 @output_option
-def dns(name, servers, netns, pod, resolv_conf, qtype, count, interval, timeout, mode, tcp, all_candidates, output):
+def dns(name, servers, netns, pod, kubernetes, resolv_conf, qtype, count, interval, timeout, mode, tcp, all_candidates, output):
     """Query NAME the way the namespace's stub resolver would, and measure it.
 
     Applies the search list and ndots of the namespace's resolv.conf exactly
@@ -73,7 +75,7 @@ def dns(name, servers, netns, pod, resolv_conf, qtype, count, interval, timeout,
     Exit codes: 0 done, 2 bad usage, 69 no server answered, 77 no permission.
     """
     fmt = resolve_output(output)
-    netns, pod_info = pod_netns(pod, netns)
+    netns, pod_info = pod_netns(pod, netns, runtime_socket=kubernetes["runtime_socket"])
     if pod_info is not None:
         if resolv_conf:
             raise UsageError("--pod already selects the pod's own resolv.conf: leave out --resolv-conf")
@@ -100,7 +102,7 @@ def dns(name, servers, netns, pod, resolv_conf, qtype, count, interval, timeout,
         raise ProbeUnavailable(f"DNS probe failed: {exc.strerror or exc}") from None
     if fmt == "json":
         emitter = JsonLineEmitter()
-        enrich = command_enricher(note)
+        enrich = command_enricher(note, kubernetes)
         try:
             for event in report.events(result, prepared.netns.name):
                 emitter.emit(enrich(event))

@@ -7,6 +7,7 @@ usage or target; 69 target unreachable; 77 not root / no CAP_NET_RAW.
 
 import click
 
+from netagent.commands.options import kubernetes_config_option
 from netagent.enrich.cli import command_enricher, pod_netns, pod_option
 from netagent.errors import EXIT_FINDINGS, ProbeUnavailable
 from netagent.output import DurationParam, JsonLineEmitter, note, output_option, resolve_output
@@ -17,6 +18,7 @@ from netagent.output import DurationParam, JsonLineEmitter, note, output_option,
 @click.argument("target")
 @click.option("--netns", default="", help="Probe from this namespace: name under /run/netns, a path, or pid:N.")
 @pod_option
+@kubernetes_config_option
 @click.option("--proto", type=click.Choice(["icmp", "udp", "tcp"]), default="icmp", show_default=True,
               help="Probe with ICMP echo, UDP to a closed port, or TCP SYN (firewalls often pass only one).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
@@ -33,7 +35,7 @@ from netagent.output import DurationParam, JsonLineEmitter, note, output_option,
 @click.option("-6", "family", flag_value=6, help="Use the target name's IPv6 address.")
 @click.option("--verbose", "-v", is_flag=True, help="Table view: also list every probe.")
 @output_option
-def mtu(target, netns, pod, proto, port, min_size, max_size, timeout, retries, family, verbose, output):
+def mtu(target, netns, pod, kubernetes, proto, port, min_size, max_size, timeout, retries, family, verbose, output):
     """Find the path MTU to TARGET with DF probes, and say why it is what it is.
 
     Status: ok (the egress MTU passes), icmp (a router announced a smaller
@@ -48,7 +50,7 @@ def mtu(target, netns, pod, proto, port, min_size, max_size, timeout, retries, f
     from netagent.privileges import require_caps
 
     fmt = resolve_output(output)
-    netns, _pod = pod_netns(pod, netns)
+    netns, _pod = pod_netns(pod, netns, runtime_socket=kubernetes["runtime_socket"])
     opts = MtuOptions(proto=proto, port=port, min_size=min_size, max_size=max_size, timeout=timeout,
                       retries=retries, family=family)
     opts.validate()
@@ -58,7 +60,7 @@ def mtu(target, netns, pod, proto, port, min_size, max_size, timeout, retries, f
     require_caps(caps, "send raw probe packets" + (" from another namespace" if len(caps) > 1 else ""))
 
     report = probe_path(target, ns, opts)
-    enrich = command_enricher(note)
+    enrich = command_enricher(note, kubernetes)
     try:
         event = enrich(to_event(report))
     finally:

@@ -3,12 +3,11 @@
 import click
 
 from netagent import config as config_mod
+from netagent.commands.options import config_option
 
 
 @click.command()
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
-              help=f"TOML configuration (default: {config_mod.DEFAULT_PATH} if it exists, "
-                   "else the embedded default: every sensor that can run, JSON on stdout).")
+@config_option(extra_help="The embedded default: every sensor that can run, JSON on stdout.")
 def run(config_path):
     """Run the agent: sensors -> one bounded queue -> stdout/file/syslog/Prometheus sinks.
 

@@ -7,6 +7,7 @@ from collections import Counter
 import click
 
 from netagent.errors import ProbeUnavailable
+from netagent.commands.options import kubernetes_config_option
 from netagent.enrich.cli import command_enricher, pod_netns, pod_option
 from netagent.output import DurationParam, JsonLineEmitter, endpoint, note, output_option, pod_cell, resolve_output
 from netagent.privileges import require_caps
@@ -115,12 +116,13 @@ class Totals:
               show_default=True, help="Emit the per-interval counters event always, only when a counter moved, "
                                       "or never (alerts are always emitted).")
 @pod_option
+@kubernetes_config_option
 @output_option
-def conntrack(netns_specs, pod, interval, duration, threshold, per_packet, counters, output):
+def conntrack(netns_specs, pod, kubernetes, interval, duration, threshold, per_packet, counters, output):
     """Conntrack insert failures, clashes and a full table, per namespace, counted exactly."""
     if interval < 0.05:
         raise click.BadParameter("must be at least 50ms", param_hint="--interval")
-    spec, _pod = pod_netns(pod, netns_specs)
+    spec, _pod = pod_netns(pod, netns_specs, runtime_socket=kubernetes["runtime_socket"])
     netns_specs = (spec,) if pod else netns_specs
     require_caps(["CAP_SYS_ADMIN"], "enter network namespaces and attach BPF programs for `trace conntrack`")
     from netagent.probes.conntrack import ConntrackSensor  # noqa: PLC0415 - BCC only when run
@@ -134,7 +136,7 @@ def conntrack(netns_specs, pod, interval, duration, threshold, per_packet, count
     totals = Totals()
     emitter = JsonLineEmitter()
     printer = TablePrinter()
-    enrich = command_enricher(note)
+    enrich = command_enricher(note, kubernetes)
     with StopSignals() as signals:
         path = sensor.attach()
         started = time.monotonic()  # --duration counts from here: attaching BPF takes a while

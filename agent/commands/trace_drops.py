@@ -6,6 +6,7 @@ from collections import Counter
 
 import click
 
+from netagent.commands.options import kubernetes_config_option
 from netagent.enrich.cli import command_enricher, pod_netns, pod_option
 from netagent.output import JsonLineEmitter, endpoint, note, output_option, pod_cell, render_table, resolve_output
 from netagent.probes.drops import ATTACH_MODES  # no BCC import: that happens at attach
@@ -57,6 +58,7 @@ class DropSummary:
 @click.command()
 @click.option("--netns", default="", help="Namespace: name under /run/netns, a path, or pid:N.")
 @pod_option
+@kubernetes_config_option
 @click.option("--reason", "reasons", multiple=True, help="Only this kernel drop reason (repeatable), e.g. NO_SOCKET.")
 @click.option("--iface", default="", help="Only drops on this interface (in --netns, or the host namespace).")
 @click.option("--proto", type=click.Choice(["tcp", "udp", "icmp", "other"]), default=None, help="Only this protocol.")
@@ -71,12 +73,12 @@ class DropSummary:
               help="Attach path: auto takes the first this kernel offers (raw_tracepoint, tracepoint, kprobe); "
                    "a path this kernel lacks exits 69.")
 @output_option
-def drops(netns, pod, reasons, iface, proto, host, port, interval, duration, top, attach_mode, output):
+def drops(netns, pod, kubernetes, reasons, iface, proto, host, port, interval, duration, top, attach_mode, output):
     """Every packet the kernel drops, with the kernel's reason, per flow."""
     from netagent.probes.drops import DropFilters, DropSensor
 
     fmt = resolve_output(output)
-    netns, _pod = pod_netns(pod, netns)
+    netns, _pod = pod_netns(pod, netns, runtime_socket=kubernetes["runtime_socket"])
     held_notes: list[str] = []  # notes from attaching (e.g. tracefs mounted) follow the "attached to" line
     sensor = DropSensor(
         DropFilters(netns=netns, reasons=list(reasons), iface=iface, proto=proto or "", host=host, port=port or 0),
@@ -86,7 +88,7 @@ def drops(netns, pod, reasons, iface, proto, host, port, interval, duration, top
     )
     summary = DropSummary()
     emitter = JsonLineEmitter()
-    enrich = command_enricher(note)
+    enrich = command_enricher(note, kubernetes)
     with StopSignals() as signals:
         path = sensor.attach()
         sensor.announce = note

@@ -147,6 +147,7 @@ class ClusterPods:
         self.log = log or (lambda message: None)
         self.clock = clock
         self.healthy: bool | None = None  # None until the first list
+        self.answered = threading.Event()  # set by the first list or the first failure (a command waits on it)
         self.last_error: str | None = None
         self.failed_since: float | None = None
         self.lists = 0
@@ -235,6 +236,7 @@ class ClusterPods:
         if self.healthy is not False:
             self.failed_since = self.clock()
         self.healthy, self.last_error = False, reason
+        self.answered.set()
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -259,6 +261,7 @@ class ClusterPods:
         if self.healthy is False:
             self.log(f"API server: answers again ({len(pods)} pods)")
         self.healthy, self.last_error, self.failed_since = True, None, None
+        self.answered.set()
         for kind, pod in client.watch(Pod, namespace=ALL_NS, resource_version=version,
                                       server_timeout=int(self.watch_seconds)):
             if self._stop.is_set():

@@ -59,14 +59,26 @@ def pod_resolv_conf(pod: PodInfo) -> str:
     return f"{PROC_ROOT}/{pod.pid}/root/etc/resolv.conf"
 
 
-def command_enricher(note=None):
-    """The enrichment stage for a one-off command, started; says why attribution is off only
-    where a runtime was expected (a socket exists but does not answer)."""
+def command_enricher(note=None, kubernetes: dict | None = None):
+    """The enrichment stage for a one-off command, started, from the [kubernetes] section of
+    --config (None: the defaults). Says why attribution is off only where it was expected: a
+    runtime socket exists but does not answer, or the configured API server does not."""
+    from netagent.enrich.apiserver import REQUEST_TIMEOUT  # noqa: PLC0415
     from netagent.enrich.stage import Enricher  # noqa: PLC0415
 
-    enricher = Enricher.from_config(None)
+    enricher = Enricher.from_config(kubernetes)
     line = enricher.start()
     pods = enricher.pods
     if note and pods is not None and pods.healthy is False:
         note(f"netagent: {line}")
+    cluster = enricher.cluster
+    if cluster is not None:
+        # the runtime's pods are listed before start() returns; the API server's are listed by
+        # a thread: wait for its first answer, so this command's events name remote pods too
+        if not cluster.answered.wait(REQUEST_TIMEOUT):
+            if note:
+                note(f"netagent: API server: no answer in {REQUEST_TIMEOUT:g}s ({cluster.description}); "
+                     "pods of other nodes are not named")
+        elif note and cluster.healthy is False:
+            note(f"netagent: {cluster.describe()}")
     return enricher

@@ -38,13 +38,6 @@ class PodProcess(Sandbox):
 
 
 @pytest.fixture
-def cri():
-    server = FakeCriServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def sandboxes():
     made = []
 
