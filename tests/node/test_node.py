@@ -36,10 +36,12 @@ def node_command() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def node():
+def node(tmp_path_factory):
     """The record of one node session; the VM's stderr is echoed for the CI log.
     NETAGENT_NODE_RECORD=FILE: assert on a session's saved stdout instead of
-    booting (to re-check assertions against a run that took half an hour)."""
+    booting (to re-check assertions against a run that took half an hour).
+    Each booted session's stdout is saved (its path is on stderr) to be read or
+    replayed that way: a failed assertion shows only part of the record."""
     saved = os.environ.get("NETAGENT_NODE_RECORD")
     if saved:
         with open(saved) as f:
@@ -51,6 +53,9 @@ def node():
                        stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        timeout=NODE_VM_TIMEOUT + 1100, cwd=REPO)
     sys.stderr.write(r.stderr[-20000:])
+    saved_to = tmp_path_factory.mktemp("node") / "record.txt"
+    saved_to.write_text(r.stdout)
+    sys.stderr.write(f"node session record: {saved_to} (NETAGENT_NODE_RECORD={saved_to} replays it)\n")
     line = next((x for x in r.stdout.splitlines() if x.startswith("NODE-RESULTS ")), None)
     assert r.returncode == 0 and line, f"node session failed (exit {r.returncode}):\n{r.stderr[-6000:]}"
     rec = json.loads(line[len("NODE-RESULTS "):])
