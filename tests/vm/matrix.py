@@ -56,5 +56,7 @@ CORE = (
     # per-packet table-full from kprobes summing to the kernel's drop delta
     "tests/netns/test_conntrack_table_full.py::test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts",
 )
-# Bound for one CORE guest run (boot included), both VMs at once.
-CORE_TIMEOUT_SECONDS = 900
+# Bound for one CORE guest run (boot included), both VMs at once. A hang guard, not a
+# speed target: with `yes > /dev/null` on one of this machine's two CPUs (issue 13's
+# loaded run) the guests took 874 s (6.1) and 843 s (6.12) of the earlier 900 s bound.
+CORE_TIMEOUT_SECONDS = 1500
