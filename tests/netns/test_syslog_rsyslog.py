@@ -14,7 +14,6 @@ outage may arrive twice, and a SIEM drops repeats by (PROCID, sequence); the
 tests do the same and bound the number of repeats.
 """
 
-import json
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ import time
 
 import pytest
 
-from agent_proc import AgentProcess
+from agent_proc import AgentProcess, read_events
 from rsyslog_lab import Rsyslog, dedupe_sequences, fill_filesystem, make_ca, make_certs, parse_message
 from waiting import wait_until
 
@@ -140,18 +139,9 @@ def spool_causes(rs) -> list[dict]:
             for s in e["netagent"]["agent"]["sinks"] if s["type"] == "syslog"]
 
 
-def file_events(events_file) -> list[dict]:
-    """Every complete event line the file sink wrote so far."""
-    try:
-        with open(events_file, "rb") as f:
-            return [json.loads(line) for line in f if line.endswith(b"\n")]
-    except FileNotFoundError:
-        return []
-
-
 def syslog_status(events_file, pid: int | None = None) -> dict:
     """The syslog sink's status in the last heartbeat (of agent `pid`) in the file sink's output."""
-    for event in reversed(file_events(events_file)):
+    for event in reversed(read_events(events_file)):
         if event["event"]["action"] == "heartbeat" and pid in (None, event["process"]["pid"]):
             return next((s for s in event["netagent"]["agent"]["sinks"] if s["type"] == "syslog"), {})
     return {}
@@ -169,7 +159,7 @@ def spooled_on_disk(events_file, pid: int | None = None) -> int:
 
 def drops_in_file(events_file, start: float, end: float) -> int:
     """Drop events the agent emitted with a timestamp between start and end (wall clock)."""
-    return sum(1 for e in file_events(events_file) if e["event"]["dataset"] == "netagent.drops"
+    return sum(1 for e in read_events(events_file) if e["event"]["dataset"] == "netagent.drops"
                and start < _epoch(e["@timestamp"]) < end)
 
 
