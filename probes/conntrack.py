@@ -51,7 +51,8 @@ MAX_FLOWS = 4096
 REDISCOVER_SECONDS = 5.0
 KRETPROBE_MAXACTIVE = 64  # concurrent returns tracked per probe; more are counted as missed
 # BCC sets a kretprobe's maxactive only through this file (the kprobe PMU has no field for it)
-BCC_KPROBE_EVENTS = "/sys/kernel/debug/tracing/kprobe_events"
+# BCC writes kprobe_events in the first of these that exists (libbpf.c's tracefs path)
+BCC_TRACING_DIRS = ("/sys/kernel/debug/tracing", "/sys/kernel/tracing")
 
 KIND_ACTIONS = {1: "insert-failed", 2: "clash-resolved", 3: "table-full", 4: "table-full"}
 KIND_OUTCOMES = {1: "dropped", 2: "merged", 3: "dropped", 4: "evicted-other-entry"}
@@ -198,13 +199,19 @@ class KprobePlan:
         return ", ".join(f"{kind} {fn}" for kind, fn, _ in self.probes)
 
 
-def kretprobe_maxactive(events_file: str = BCC_KPROBE_EVENTS) -> int:
+def bcc_kprobe_events(tracing_dirs=BCC_TRACING_DIRS) -> str:
+    """The kprobe_events file BCC's legacy (tracefs) attach writes."""
+    found = next((d for d in tracing_dirs if os.path.exists(d)), tracing_dirs[-1])
+    return os.path.join(found, "kprobe_events")
+
+
+def kretprobe_maxactive(events_file: str | None = None) -> int:
     """maxactive for the kretprobes. With maxactive set, BCC must write tracefs'
     kprobe_events, and where that file is read-only (the systemd unit's
     ReadOnlyPaths=/sys, seen on the Debian node: "Read-only file system") the attach
     fails. 0 lets the kprobe PMU attach them with the kernel's default (at least
     2 x CPUs); returns it misses are still counted (entries vs returns, `hits`)."""
-    return KRETPROBE_MAXACTIVE if os.access(events_file, os.W_OK) else 0
+    return KRETPROBE_MAXACTIVE if os.access(events_file or bcc_kprobe_events(), os.W_OK) else 0
 
 
 def symbol_counts(names: set[str], text: str | None = None) -> dict[str, int]:

@@ -11,13 +11,21 @@ import subprocess
 
 import pytest
 
-from netagent.probes.conntrack import KRETPROBE_MAXACTIVE, kretprobe_maxactive
+from netagent.probes.conntrack import KRETPROBE_MAXACTIVE, bcc_kprobe_events, kretprobe_maxactive
 
 
 def test_writable_events_file_keeps_the_larger_maxactive(tmp_path):
     events = tmp_path / "kprobe_events"
     events.write_text("")
     assert kretprobe_maxactive(str(events)) == KRETPROBE_MAXACTIVE
+
+
+def test_the_file_is_where_bcc_writes_it(tmp_path):
+    debugfs, tracefs = tmp_path / "debug" / "tracing", tmp_path / "tracing"
+    tracefs.mkdir()
+    assert bcc_kprobe_events((str(debugfs), str(tracefs))) == str(tracefs / "kprobe_events")
+    debugfs.mkdir(parents=True)  # debugfs mounted: BCC takes its tracing directory first
+    assert bcc_kprobe_events((str(debugfs), str(tracefs))) == str(debugfs / "kprobe_events")
 
 
 def test_no_events_file_leaves_it_to_the_kernel(tmp_path):
