@@ -101,10 +101,15 @@ def test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts(ct_pair
     assert sensor.per_packet_mode == ("kprobe" if kprobes_unavailable_reason() is None else "correlation"), \
         sensor.per_packet_reason
     if sensor.per_packet_mode == "kprobe":
-        flows = [e for e in alerts if e["netagent"]["conntrack"].get("attribution") == "kprobe"]
+        # table-full alerts carry two outcomes: "dropped" (the kernel's `drop`) and
+        # "evicted-other-entry" (its `early_drop`). early_drop() scans only a few hash
+        # buckets for an unreplied entry, so whether one of the flood's packets makes room
+        # is chance (seen on 6.12: drop 29, early_drop 1); each outcome sums to its counter.
+        kprobe_alerts = [e for e in alerts if e["netagent"]["conntrack"].get("attribution") == "kprobe"]
+        assert {e["netagent"]["conntrack"]["outcome"] for e in kprobe_alerts} <= {"dropped", "evicted-other-entry"}
+        flows = [e for e in kprobe_alerts if e["netagent"]["conntrack"]["outcome"] == "dropped"]
         assert sum(e["netagent"]["conntrack"]["count"] for e in flows) == kernel["drop"]
         for e in flows:
-            assert e["netagent"]["conntrack"]["outcome"] == "dropped"
             assert e["destination"] == {"ip": "10.78.0.2", "port": 9999}
             assert e["source"]["ip"] == "10.78.0.1" and e["network"]["transport"] == "udp"
         evicted = [e for e in events if e["netagent"]["conntrack"].get("outcome") == "evicted-other-entry"]
