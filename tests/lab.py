@@ -4,9 +4,11 @@ Every namespace a test makes is named with a per-process prefix and removed
 afterwards, and all traffic stays inside these namespaces or on loopback.
 """
 
+import contextlib
 import itertools
 import os
 import subprocess
+import tempfile
 import uuid
 
 _counter = itertools.count()
@@ -14,12 +16,73 @@ PREFIX = f"nat{os.getpid() % 10000}"
 
 
 def sh(*args, check=True, capture=True, timeout=60, input=None):
-    """Run a command (argv list or single string split on spaces)."""
+    """Run a command (argv list or single string split on spaces).
+
+    Output goes to anonymous files, not pipes, and the call waits for the
+    command's exit, not for end-of-file on its output. Three fresh-clone runs
+    failed with a 60 s timeout on `ip netns add` or `nsenter ... cat`: each time
+    the command had exited 0 and its stderr pipe was closed, but its stdout
+    pipe was still held open by some other process, so a pipe reader waited on.
+    A file does not depend on who else holds a copy of it. If a command itself
+    is still running at the timeout, the error says where it waits in the kernel.
+    """
     if len(args) == 1 and isinstance(args[0], str):
         args = args[0].split()
-    return subprocess.run(
-        list(args), check=check, capture_output=capture, text=True, timeout=timeout, input=input
-    )
+    argv = list(args)
+    with contextlib.ExitStack() as files:
+        stdin = None
+        if input is not None:
+            stdin = files.enter_context(tempfile.TemporaryFile())
+            stdin.write(input.encode())
+            stdin.seek(0)
+        out = err = None
+        if capture:
+            out, err = (files.enter_context(tempfile.TemporaryFile()) for _ in range(2))
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            where = _kernel_wait(proc.pid)
+            proc.kill()
+            proc.wait()
+            raise CommandTimeout(argv, timeout, _read(out), _read(err), where) from None
+        done = subprocess.CompletedProcess(argv, proc.returncode, _read(out), _read(err))
+    if check:
+        done.check_returncode()
+    return done
+
+
+class CommandTimeout(subprocess.TimeoutExpired):
+    """TimeoutExpired whose message also says where the command was waiting."""
+
+    def __init__(self, argv, timeout, output, stderr, where: str):
+        super().__init__(argv, timeout, output=output, stderr=stderr)
+        self.where = where
+
+    def __str__(self):
+        return f"{super().__str__()}; {self.where}"
+
+
+def _read(f) -> str | None:
+    if f is None:
+        return None
+    f.seek(0)
+    return f.read().decode(errors="replace")
+
+
+def _kernel_wait(pid: int) -> str:
+    """State, wchan and kernel stack of a command that overran its timeout."""
+    parts = []
+    for name in ("status", "wchan", "stack"):
+        try:
+            with open(f"/proc/{pid}/{name}") as f:
+                text = f.read()
+        except OSError as exc:
+            text = f"({exc.strerror})"
+        if name == "status":
+            text = " ".join(next((line for line in text.splitlines() if line.startswith("State:")), text).split())
+        parts.append(f"{name}: {' | '.join(text.strip().splitlines())}")
+    return f"still running at the timeout: {'; '.join(parts)}"
 
 
 def unique_name(kind: str = "ns") -> str:
@@ -30,7 +93,11 @@ def unique_name(kind: str = "ns") -> str:
 class Namespace:
     def __init__(self, name: str | None = None):
         self.name = name or unique_name("ns")
-        sh("ip", "netns", "add", self.name)
+        try:
+            sh("ip", "netns", "add", self.name)
+        except subprocess.SubprocessError:
+            self.delete()  # a timed-out add may still have made it: leave no namespace behind
+            raise
         self.path = f"/run/netns/{self.name}"
         self.inode = os.stat(self.path).st_ino
         self.run("ip", "link", "set", "lo", "up")

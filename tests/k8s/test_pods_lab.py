@@ -15,6 +15,7 @@ import time
 import pytest
 
 from k8s_lab import POD, LabNode
+from lab import sh
 from pod_agent import (
     NETAGENT, SENDER, no_socket_drops, read_events, start_agent, stop_agent, total, udp_no_ports, wait_for,
 )
@@ -23,8 +24,7 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="ne
 
 
 def in_pod(pod: dict, *argv, check=True):
-    return subprocess.run(["nsenter", f"--net={pod['netns']}", *argv], capture_output=True, text=True, timeout=60,
-                          check=check)
+    return sh("nsenter", f"--net={pod['netns']}", *argv, check=check)
 
 
 def send(pod: dict, dst: str, port: int, count: int) -> None:
