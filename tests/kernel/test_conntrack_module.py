@@ -16,7 +16,7 @@ import pytest
 
 from agent_proc import NETAGENT, AgentProcess
 from kmod import ensure_nf_conntrack, is_module, unload_nf_conntrack, wait_for
-from lab import veth_pair
+from lab import send_new_udp_flows, veth_pair
 from netagent.conntrack.stats import parse
 from netagent.probes.conntrack import WAITING, kprobes_unavailable_reason
 from test_drops_attach import held_program_ids, kprobe_lines, probe_traces
@@ -25,16 +25,6 @@ from timescale import scaled
 needs_module = pytest.mark.skipif(not is_module(), reason="nf_conntrack as a loadable module (built into this kernel)")
 
 FLOWS = 40
-UDP_NEW_FLOWS = r"""
-import socket, sys
-for _ in range(int(sys.argv[2])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.sendto(b"x", (sys.argv[1], 9999))
-    except OSError:
-        pass
-    s.close()
-"""
 PROBED = ("__nf_conntrack_confirm", "nf_ct_resolve_clash", "early_drop", "__nf_conntrack_alloc")
 
 
@@ -77,7 +67,7 @@ def test_the_sensor_waits_for_nf_conntrack_then_attaches_and_counts_from_the_loa
         # a CPU hog the last counters event came later than that and showed 39 of 40 (a
         # fresh-clone run). Long-lived entries keep `entries` about the flows, not the clock.
         server.run("sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=600")
-        client.run("python3", "-c", UDP_NEW_FLOWS, "10.75.0.2", str(FLOWS), timeout=scaled(60))
+        send_new_udp_flows(client, "10.75.0.2", 9999, FLOWS)
         assert wait_for(lambda: sum(1 for ln in agent.stdout_lines if b'"counters"' in ln) >= 2, scaled(30))
         ours = held_program_ids(agent.proc.pid)
     finally:

@@ -13,26 +13,13 @@ import time
 import pytest
 
 from kmod import ensure_nf_conntrack
-from lab import veth_pair
+from lab import send_new_udp_flows, veth_pair
 from netagent.conntrack.namespaces import read_snapshot
 from netagent.conntrack.stats import delta, parse
 from netagent.netns import current, resolve
 from timescale import scaled
 
 CONNTRACK_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
-
-# One packet of `count` new UDP flows (a fresh socket, hence source port, each).
-UDP_NEW_FLOWS = r"""
-import socket, sys
-dst, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-for _ in range(count):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.sendto(b"x", (dst, port))
-    except OSError:
-        pass
-    s.close()
-"""
 
 # The kernel selftest pattern (conntrack_clash.sh / udpclash.c): the first
 # packet of a new flow sent from one socket by several CPUs at the same
@@ -195,7 +182,7 @@ def test_counters_are_read_inside_the_namespace_not_the_agents(ct_pair):
     """/proc/self/net would show the agent's main thread's namespace; the
     reader must see the target's, exactly as another process inside it does."""
     client, server = ct_pair
-    run_py(client, UDP_NEW_FLOWS, "10.78.0.2", 9999, 5)
+    send_new_udp_flows(client, "10.78.0.2", 9999, 5)
     ns = resolve(server.name)
     ours = read_snapshot(ns)
     theirs = kernel_counters(server)

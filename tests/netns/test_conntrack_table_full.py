@@ -16,13 +16,12 @@ import pytest
 from agent_proc import NETAGENT, AgentProcess
 from netagent.conntrack.stats import delta
 from netagent.probes.conntrack import ConntrackSensor, kprobes_unavailable_reason
+from lab import send_new_udp_flows
 from test_conntrack_lab import (  # noqa: F401 - ct_pair is a fixture
-    UDP_NEW_FLOWS,
     conntrack_max,
     ct_pair,
     kernel_count,
     kernel_counters,
-    run_py,
     settled_counters,
     summed,
     wait_until,
@@ -63,7 +62,7 @@ def fill_the_table(client, server, poll) -> tuple[list[dict], dict, int]:
     limit = kernel_count(server) + HEADROOM
     events = []
     with conntrack_max(limit):
-        run_py(client, UDP_NEW_FLOWS, "10.78.0.2", 9999, FLOWS)
+        send_new_udp_flows(client, "10.78.0.2", 9999, FLOWS)
         overflowed(server, before)
         events += poll()  # read while the limit holds: the table is at 100%
     after = settled_counters(server)
@@ -136,7 +135,7 @@ def test_the_command_reports_the_same_numbers_as_the_kernel(ct_pair):
         empty_table(server)
         before = kernel_counters(server)
         with conntrack_max(kernel_count(server) + HEADROOM):
-            run_py(client, UDP_NEW_FLOWS, "10.78.0.2", 9999, FLOWS)
+            send_new_udp_flows(client, "10.78.0.2", 9999, FLOWS)
             overflowed(server, before)
         after = settled_counters(server)
         kernel = delta(before, after)
@@ -164,7 +163,7 @@ def test_all_namespaces_finds_the_ones_with_conntrack_in_use(ct_pair):
     try:
         inodes = {ns.inode for ns in sensor.namespaces}
         assert server.inode in inodes
-        run_py(client, UDP_NEW_FLOWS, "10.78.0.2", 9999, 3)
+        send_new_udp_flows(client, "10.78.0.2", 9999, 3)
         events = sensor.poll()
     finally:
         sensor.detach()
