@@ -9,6 +9,8 @@ VENV=${VENV:-.venv}
 SYSTEM_PYTHON=${SYSTEM_PYTHON:-/usr/bin/python3}
 
 say() { printf 'setup: %s\n' "$*" >&2; }
+# set -e alone ends setup without a word; say which step failed
+trap 'say "failed (exit $?) at setup-node.sh line $LINENO: $BASH_COMMAND"' ERR
 
 # --- system packages ---------------------------------------------------------
 # python3-bpfcc: BCC (not on PyPI); bpftool: BTF and program listing;

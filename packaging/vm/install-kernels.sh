@@ -13,20 +13,25 @@
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*" >&2; }
+trap 'say "VM kernels: failed (exit $?) at install-kernels.sh line $LINENO: $BASH_COMMAND"' ERR
 
 # series -> the Debian meta-package whose dependency names the newest release
 declare -A META=([6.1]=linux-image-amd64 [6.12]=linux-image-6.12-amd64)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
-# Newest release of series $1 whose image and headers are both installed.
+# Newest release of series $1 whose image and headers are both installed; prints
+# nothing when there is none. On a fresh machine no linux-image-* package exists
+# at all: dpkg-query and grep then exit 1, which under pipefail must not end the
+# script (it did, silently, before anything was installed).
 installed_release() {
   local series=$1 re
   re="^linux-image-${series//./\\.}[.-][^ ]*-amd64$"
-  dpkg-query -W -f='${Package}\n' 'linux-image-*-amd64' 2>/dev/null \
-    | grep -E "$re" | grep -vE -- '-(cloud|rt)-amd64$' | sed 's/^linux-image-//' | sort -V \
+  { dpkg-query -W -f='${Package}\n' 'linux-image-*-amd64' 2>/dev/null || true; } \
+    | { grep -E "$re" || true; } | { grep -vE -- '-(cloud|rt)-amd64$' || true; } \
+    | sed 's/^linux-image-//' | sort -V \
     | while read -r rel; do
-        installed "linux-image-$rel" && installed "linux-headers-$rel" && echo "$rel"
+        if installed "linux-image-$rel" && installed "linux-headers-$rel"; then echo "$rel"; fi
       done | tail -n1
 }
 
