@@ -1,7 +1,10 @@
 """packaging/vm/run itself: exit status, stdin, errors, and what the guest offers."""
 
 import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +52,7 @@ echo "conntrack_max: $(cat /proc/sys/net/netfilter/nf_conntrack_max)"
 echo "headers: $(readlink -f /lib/modules/$(uname -r)/build)"
 echo "time scale: $NETAGENT_TIME_SCALE"
 touch /tmp/netagent-vm-smoke-$$ && echo "tmp: writable"
+echo "checkout: $(cat @CHECKOUT@/marker) in $(pwd)"
 echo "to stderr" >&2
 exit 42
 """
@@ -57,7 +61,20 @@ exit 42
 @pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
 def test_guest_runs_a_script_from_stdin_with_netns_veth_iptables_and_conntrack_module():
     release = available_kernels()["6.1"]
-    r = run("--kernel", "6.1", "--", "bash", "-s", stdin=GUEST_SCRIPT)
+    # The runner from a checkout below /var/tmp, which virtme-ng covers with an empty
+    # tmpfs in the guest (a fresh clone there once ran nothing): a copy of packaging/vm
+    # (runner and guest entry), run from that copy's root.
+    checkout = Path(tempfile.mkdtemp(prefix="netagent-vm-checkout-", dir="/var/tmp"))
+    try:
+        shutil.copytree(Path(RUNNER).parent, checkout / "packaging" / "vm")
+        (checkout / "marker").write_text("the host's copy\n")
+        vng_dir = str(Path(RUNNER).parents[2] / ".venv" / "bin")  # the copy has no .venv
+        r = subprocess.run([str(checkout / "packaging" / "vm" / "run"), "--kernel", "6.1", "--", "bash", "-s"],
+                           input=GUEST_SCRIPT.replace("@CHECKOUT@", str(checkout)), capture_output=True,
+                           text=True, timeout=600, cwd=checkout,
+                           env={**os.environ, "PATH": f"{vng_dir}:{os.environ['PATH']}"})
+    finally:
+        shutil.rmtree(checkout)
     out = r.stdout.splitlines()
     assert r.returncode == 42, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     assert f"from stdin: {release}" in out
@@ -71,6 +88,7 @@ def test_guest_runs_a_script_from_stdin_with_netns_veth_iptables_and_conntrack_m
     assert f"headers: /usr/src/linux-headers-{release}" in out
     assert float(next(line for line in out if line.startswith("time scale:")).split()[-1]) >= 1
     assert "tmp: writable" in out
+    assert f"checkout: the host's copy in {checkout}" in out
     # The guest's /tmp is its own: nothing it writes reaches this machine.
     assert not [n for n in os.listdir("/tmp") if n.startswith("netagent-vm-smoke-")]
 
