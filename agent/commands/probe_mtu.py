@@ -44,20 +44,24 @@ def mtu(target, netns, pod, kubernetes, proto, port, min_size, max_size, timeout
     against their underlay (VXLAN, Geneve, IPIP, GRE, WireGuard overhead).
     """
     from netagent import netns as netns_mod
-    from netagent.mtu.probe import MtuOptions, probe_path
-    from netagent.mtu.report import is_finding, render, to_event
     from netagent.mtu.target import check_syntax
     from netagent.privileges import require_caps
 
     fmt = resolve_output(output)
     netns, _pod = pod_netns(pod, netns, runtime_socket=kubernetes["runtime_socket"])
-    opts = MtuOptions(proto=proto, port=port, min_size=min_size, max_size=max_size, timeout=timeout,
-                      retries=retries, family=family)
-    opts.validate()
     check_syntax(target)
     ns = netns_mod.resolve(netns)
     caps = ["CAP_NET_RAW"] + (["CAP_SYS_ADMIN"] if ns.inode != netns_mod.current().inode else [])
     require_caps(caps, "send raw probe packets" + (" from another namespace" if len(caps) > 1 else ""))
+    # Only now what imports scapy: for a user without the capabilities, scapy's import can
+    # fail on its per-user cache (a ~/.cache/scapy file it cannot read, which it then tries
+    # to delete), and that internal error (70) hid the one-line "needs CAP_NET_RAW" (77).
+    from netagent.mtu.probe import MtuOptions, probe_path
+    from netagent.mtu.report import is_finding, render, to_event
+
+    opts = MtuOptions(proto=proto, port=port, min_size=min_size, max_size=max_size, timeout=timeout,
+                      retries=retries, family=family)
+    opts.validate()
 
     report = probe_path(target, ns, opts)
     enrich = command_enricher(note, kubernetes)

@@ -6,7 +6,10 @@ stays inside them.
 """
 
 import json
+import os
 import re
+import shutil
+import tempfile
 import subprocess
 
 import pytest
@@ -271,4 +274,28 @@ def test_not_root_exits_77(netagent_bin):
     proc = run_as_nobody([netagent_bin, "probe", "mtu", "127.0.0.1"])
     assert proc.returncode == 77, proc.stderr
     assert proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "CAP_NET_RAW" in proc.stderr
+
+
+def test_not_root_exits_77_even_when_scapys_cache_is_unreadable(netagent_bin):
+    # A fresh clone in /root failed this way: as nobody, HOME still /root, scapy's import
+    # found root's ~/.cache/scapy/services.pickle, could not read it, tried to delete it and
+    # raised: "internal error" (70) instead of the one line naming CAP_NET_RAW (77).
+    from unprivileged import run_as_nobody
+
+    home = tempfile.mkdtemp(prefix="netagent-home-", dir="/var/tmp")  # nobody can reach it (pytest's tmp it cannot)
+    try:
+        cache = os.path.join(home, ".cache", "scapy")
+        os.makedirs(cache)
+        for d in (home, os.path.dirname(cache), cache):
+            os.chmod(d, 0o755)
+        pickle = os.path.join(cache, "services.pickle")
+        with open(pickle, "wb") as f:
+            f.write(b"root's cache")
+        os.chmod(pickle, 0o600)  # root's own: nobody can neither read nor remove it
+        proc = run_as_nobody([netagent_bin, "probe", "mtu", "127.0.0.1"],
+                             env={**os.environ, "HOME": home, "XDG_CACHE_HOME": os.path.join(home, ".cache")})
+    finally:
+        shutil.rmtree(home)
+    assert proc.returncode == 77, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "CAP_NET_RAW" in proc.stderr
