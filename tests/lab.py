@@ -163,7 +163,12 @@ for s in socks:
 """
 
 
+def run_py(ns: Namespace, code: str, *args, timeout: float = 60):
+    """Python `code` inside `ns` with `args` as sys.argv[1:]; the timeout scaled to the machine."""
+    return ns.run(sys.executable, "-c", code, *map(str, args), timeout=scaled(timeout))
+
+
 def send_new_udp_flows(ns: Namespace, dst: str, port: int, count: int, timeout: float = 60):
     """`count` new UDP flows from `ns` to dst:port, one datagram each, each from its own
     source port. A send that fails fails the call (CalledProcessError with the reason)."""
-    ns.run(sys.executable, "-c", NEW_UDP_FLOWS, dst, str(port), str(count), timeout=scaled(timeout))
+    run_py(ns, NEW_UDP_FLOWS, dst, port, count, timeout=timeout)

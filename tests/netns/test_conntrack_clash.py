@@ -9,6 +9,7 @@ if the kernel never produced the event, saying so.
 
 import pytest
 
+from lab import run_py
 from netagent.conntrack.stats import delta
 from netagent.probes.conntrack import ConntrackSensor, kprobes_unavailable_reason
 from test_conntrack_lab import (  # noqa: F401 - clash_lab is a fixture
@@ -17,7 +18,6 @@ from test_conntrack_lab import (  # noqa: F401 - clash_lab is a fixture
     clash_lab,
     kernel_counters,
     settled_counters,
-    run_py,
     summed,
 )
 from timescale import scaled

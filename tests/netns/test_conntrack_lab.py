@@ -7,7 +7,6 @@ enters the namespace the way an operator would).
 """
 
 import contextlib
-import sys
 import time
 
 import pytest
@@ -114,10 +113,6 @@ def settled_counters(ns, quiet=0.1, timeout=5.0):
 
 def kernel_count(ns) -> int:
     return int(ns.run("cat", "/proc/sys/net/netfilter/nf_conntrack_count").stdout)
-
-
-def run_py(ns, code, *args, timeout=60):
-    return ns.run(sys.executable, "-c", code, *map(str, args), timeout=scaled(timeout))
 
 
 @contextlib.contextmanager

@@ -9,8 +9,8 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import subprocess
+import tempfile
 
 import pytest
 from lab import Namespace, veth_pair
