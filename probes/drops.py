@@ -10,6 +10,7 @@ buffers, which loses and double-counts nothing (see drops.bpf.c).
 
 import ctypes
 import functools
+import heapq
 import ipaddress
 import platform
 import socket
@@ -26,7 +27,7 @@ from netagent.bpfinfo import prog_recursion_misses
 from netagent import btf as btf_mod
 from netagent import btfcache
 from netagent.btf import BtfError, kernel_btf
-from netagent.configschema import one_of
+from netagent.configschema import non_negative, one_of
 from netagent.errors import ProbeUnavailable, UsageError
 from netagent.events import new_event
 from netagent.kallsyms import Symbolizer, shared_symbolizer
@@ -47,6 +48,11 @@ ATTACH_MODES = ("auto", "tp_btf", "raw_tracepoint", "tracepoint", "kprobe")
 # 5.17-6.10 kfree_skb_reason(skb, reason).
 KPROBE_FUNCTIONS = ("sk_skb_reason_drop", "kfree_skb_reason")
 MAX_FLOWS = 10240
+# Flows a poll reports as events of their own, the busiest first; the rest become one
+# summary event per (namespace, interface, reason, kernel location, protocol) with their
+# counts added up. A storm over 10k flows then costs hundreds of events a second, not
+# ten thousand, in every stage after the sensor and in the SIEM; no drop goes uncounted.
+FLOW_EVENTS = 500
 # Per-CPU direct-mapped cache slots in front of the flow buffer (drops.bpf.c):
 # a power of two. Flows in them count on top of MAX_FLOWS until the next poll.
 CACHE_SLOTS = 64
@@ -88,6 +94,9 @@ CONFIG_SCHEMA = {
     "host": ("str", ""),
     "port": ("int", 0),
     "max_flows": ("int", MAX_FLOWS),
+    # flows per interval reported one by one (the busiest); the rest summed up per reason and
+    # place (netagent.drop.flows says how many); 0 = every flow an event of its own
+    "flow_events": ("int", FLOW_EVENTS, non_negative),
     "attach": ("str", "auto", one_of(*ATTACH_MODES)),
 }
 
@@ -106,7 +115,7 @@ def from_config(cfg: dict) -> "DropSensor":
     filters = DropFilters(cfg.get("netns", ""), list(cfg.get("reasons", [])), cfg.get("iface", ""),
                           cfg.get("proto", ""), cfg.get("host", ""), int(cfg.get("port", 0)))
     return DropSensor(filters, interval=cfg.get("interval", 1.0), max_flows=cfg.get("max_flows", MAX_FLOWS),
-                      attach=cfg.get("attach", "auto"))
+                      attach=cfg.get("attach", "auto"), flow_events=cfg.get("flow_events", FLOW_EVENTS))
 
 
 # --- kernel facts ------------------------------------------------------------------
@@ -237,8 +246,11 @@ def _from_template(template: dict) -> dict:
 
 
 def render_flow(key, val, *, reasons: dict[int, str], has_reason: bool, symbolize, interface: str | None,
-                netns_name: str | None, to_wall, now: float | None = None) -> dict:
-    """One aggregated flow of one interval as an ECS event (schema: docs/SCHEMA.md)."""
+                netns_name: str | None, to_wall, now: float | None = None, flows: int = 0) -> dict:
+    """One aggregated flow of one interval as an ECS event (schema: docs/SCHEMA.md).
+
+    flows > 0: `key` stands for that many flows summed up (see summarize_flows), and the
+    event carries no addresses or ports, only what the flows share."""
     reason_raw = int(key.reason)
     if not has_reason:
         reason = "UNKNOWN"
@@ -260,9 +272,12 @@ def render_flow(key, val, *, reasons: dict[int, str], has_reason: bool, symboliz
     }
     if netns_name:
         drop["netns_name"] = netns_name
+    if flows:
+        drop["flows"] = flows
     if l3 in (0x0800, 0x86DD):
         network["transport"] = TRANSPORT_NAMES.get(l4, str(l4))
         network["iana_number"] = str(l4)
+    if l3 in (0x0800, 0x86DD) and not flows:
         source["ip"] = _address(key.saddr, l3)
         destination["ip"] = _address(key.daddr, l3)
         if l4 in (6, 17, 132):
@@ -290,20 +305,21 @@ class DropSensor(Sensor):
     dataset = "netagent.drops"
 
     def __init__(self, filters: DropFilters | None = None, interval: float = 1.0, max_flows: int = MAX_FLOWS,
-                 announce=None, attach: str = "auto"):
+                 announce=None, attach: str = "auto", flow_events: int = FLOW_EVENTS):
         if attach not in ATTACH_MODES:
             raise UsageError(f"attach {attach!r}: choose from {', '.join(ATTACH_MODES)}")
         self.attach_mode = attach
         self.filters = filters or DropFilters()
         self.interval = interval
         self.max_flows = max_flows
+        self.flow_events = flow_events  # 0: every flow an event
         self.announce = announce  # callable(str) for operator notes (stderr)
         self.attach_path: str | None = None
         self._loaded: bpfchild.LoadedProgram | None = None
         self._buffers = None
         self._active = 0
         self._drain_lock = threading.Lock()
-        self._held: list[tuple[FlowTuple, FlowTotals]] = []  # drained by flush_to_feed, for the next poll
+        self._held: list[RawFlows] = []  # drained by flush_to_feed, for the next poll
         self._reasons: dict[int, str] = {}
         self._has_reason = True
         self._symbolizer = shared_symbolizer()
@@ -506,9 +522,14 @@ class DropSensor(Sensor):
                 flows = self._swap_and_drain()
                 FEED.publish(self, flows)
                 if self._held:  # drained early for a FEED subscriber (flush_to_feed): this poll's too
-                    flows = _merged(self._held + flows)
+                    flows = _merged(self._held + [flows])
                     self._held = []
-            events = self.render(flows, time.time())
+            now = time.time()
+            if self.flow_events and len(flows) > self.flow_events:
+                busiest, summaries = summarize_flows(flows, self.flow_events)
+                events = self.render(busiest, now) + self.render_summaries(summaries, now)
+            else:
+                events = self.render(unpacked(flows), now)
         events.sort(key=_drop_count, reverse=True)
         self._update_losses()
         return events
@@ -521,7 +542,7 @@ class DropSensor(Sensor):
                 return
             flows = self._swap_and_drain()
             FEED.publish(self, flows)
-            self._held.extend(flows)
+            self._held.append(flows)
 
     def render(self, flows: list[tuple["FlowTuple", "FlowTotals"]], now: float) -> list[dict]:
         """Flows drained by this sensor (or passed on by FEED) as events."""
@@ -531,6 +552,14 @@ class DropSensor(Sensor):
         return [render_flow(key, val, reasons=reasons, has_reason=has_reason, symbolize=symbolize,
                             interface=None, netns_name=None, to_wall=to_wall, now=now)
                 for key, val in flows]
+
+    def render_summaries(self, summaries: list[tuple["FlowTuple", "FlowTotals", int]], now: float) -> list[dict]:
+        """summarize_flows' groups as events: what their flows share, counts added up."""
+        reasons, has_reason, symbolize, to_wall = self._reasons, self._has_reason, self._symbolizer.symbolize, \
+            self._to_wall
+        return [render_flow(key, val, reasons=reasons, has_reason=has_reason, symbolize=symbolize,
+                            interface=None, netns_name=None, to_wall=to_wall, now=now, flows=flows)
+                for key, val, flows in summaries]
 
     def detach(self) -> None:
         FEED.remove_publisher(self)
@@ -631,7 +660,7 @@ class DropSensor(Sensor):
             m.setdefault(f"FILTER_HOST_W{i}", "0U")
         return m
 
-    def _swap_and_drain(self) -> list[tuple["FlowTuple", "FlowTotals"]]:
+    def _swap_and_drain(self) -> "RawFlows":
         """Point the program at the other cache and buffer, then empty the old ones.
 
         The update of an array-of-maps slot returns only after an RCU grace
@@ -640,6 +669,8 @@ class DropSensor(Sensor):
         old cache ends before the buffers swap, so what it pushes out of the
         cache lands in the old buffer. Reading then clearing both is exact.
         The buffer drains in one batch call; per-CPU copies are merged here.
+        The keys stay packed (RawFlows): a storm drains ten thousand flows a poll
+        and only a few hundred are ever unpacked (summarize_flows).
         """
         old_cache, old_flows = self._buffers[self._active]
         self._active ^= 1
@@ -652,11 +683,17 @@ class DropSensor(Sensor):
             # each key once (a hash map): its per-CPU copies add up; no bytes object per copy
             copies = _FLOW_VAL.iter_unpack(values) if stride == _FLOW_VAL.size else (
                 _FLOW_VAL.unpack_from(values, i * stride) for i in range(count * cpus))
-            for i in range(count):
-                total = [0, 0, 0, 0]
-                for _ in range(cpus):
-                    _merge(total, next(copies))
-                flows[keys[i * key_size:(i + 1) * key_size]] = total
+            for i, per_cpu in enumerate(zip(*[copies] * cpus)):
+                # most flows are seen by one CPU in an interval: a copy, not a merge, for those
+                total = None
+                for copy in per_cpu:
+                    if copy[0]:
+                        if total is None:
+                            total = list(copy)
+                        else:
+                            _merge(total, copy)
+                if total is not None:
+                    flows[keys[i * key_size:(i + 1) * key_size]] = total
         zeros = bytes(old_cache.value_bytes)
         for index, value in old_cache.read_all():  # one call for all slots; only used ones are cleared
             if not any(value):
@@ -670,7 +707,7 @@ class DropSensor(Sensor):
                         flows[key] = total = [0, 0, 0, 0]
                     _merge(total, val)
             old_cache.update(index, zeros)
-        return [(FlowTuple._make(_FLOW_KEY.unpack(k)), FlowTotals._make(v)) for k, v in flows.items()]
+        return flows
 
     def _update_losses(self) -> None:
         raw = self._loaded.maps["overflow"].lookup(b"\0\0\0\0")
@@ -704,6 +741,7 @@ class FlowVal(ctypes.Structure):
 # (checked against the ctypes layouts above at import).
 _FLOW_KEY = struct.Struct("=IIIHBxQ16s16sHH4x")
 _FLOW_VAL = struct.Struct("=QQQQ")
+_FLOW_NETNS_REASON = struct.Struct("=III")  # the first fields of a packed flow_key: netns, ifindex, reason
 assert _FLOW_KEY.size == ctypes.sizeof(FlowKey) and _FLOW_VAL.size == ctypes.sizeof(FlowVal)
 
 
@@ -720,6 +758,10 @@ class FlowTuple(typing.NamedTuple):
     daddr: bytes
     sport: int
     dport: int
+
+    def pack(self) -> bytes:
+        """As the kernel keys the flow (a RawFlows key)."""
+        return _FLOW_KEY.pack(*self)
 
 
 class FlowTotals(typing.NamedTuple):
@@ -744,15 +786,63 @@ def _merge(total: list[int], val) -> None:
         total[3] = last
 
 
-def _merged(flows: list[tuple[FlowTuple, FlowTotals]]) -> list[tuple[FlowTuple, FlowTotals]]:
-    """Flows drained at different times, one per key (_merge's rules)."""
-    totals: dict[FlowTuple, list[int]] = {}
-    for key, val in flows:
-        total = totals.get(key)
+# Drained flows as the kernel keyed them: packed struct flow_key -> [count, bytes, first_ns, last_ns].
+RawFlows = dict[bytes, list[int]]
+# The head of a packed flow_key: netns, ifindex, reason, l3, l4, (pad), location; what a
+# summary keeps of its flows.
+_FLOW_PLACE = struct.Struct("=IIIHBxQ")
+
+
+def unpacked(flows: RawFlows) -> list[tuple[FlowTuple, FlowTotals]]:
+    return [(FlowTuple._make(_FLOW_KEY.unpack(k)), FlowTotals._make(v)) for k, v in flows.items()]
+
+
+def _merged(parts: list[RawFlows]) -> RawFlows:
+    """Flows drained at different times, one per key (_merge's rules); the parts stay as they were."""
+    totals: RawFlows = {}
+    for part in parts:
+        for key, val in part.items():
+            total = totals.get(key)
+            if total is None:
+                totals[key] = list(val)
+            else:
+                _merge(total, val)
+    return totals
+
+
+def summarize_flows(flows: RawFlows, keep: int
+                    ) -> tuple[list[tuple[FlowTuple, FlowTotals]], list[tuple[FlowTuple, FlowTotals, int]]]:
+    """The `keep` flows with the most drops, unpacked, and the others summed up per
+    (namespace, interface, reason, kernel location, L3, L4): (key with no addresses or
+    ports, totals, number of flows). Counts and bytes add up, first and last times span
+    the group's, so the events of one poll still add up to every drop it drained. Only the
+    kept flows and one key head per group are unpacked: the rest are grouped by their
+    packed head, which costs a slice per flow."""
+    busiest = heapq.nlargest(keep, flows.items(), key=_flow_count)
+    kept = {key for key, _ in busiest}
+    head = _FLOW_PLACE.size
+    groups: dict[bytes, list[int]] = {}
+    for key, val in flows.items():
+        if key in kept:
+            continue
+        place = key[:head]
+        total = groups.get(place)
         if total is None:
-            totals[key] = total = [0, 0, 0, 0]
-        _merge(total, val)
-    return [(k, FlowTotals._make(v)) for k, v in totals.items()]
+            groups[place] = [*val, 1]
+        else:
+            _merge(total, val)
+            total[4] += 1
+    summaries = [(FlowTuple(*_FLOW_PLACE.unpack(place), _NO_ADDRESS, _NO_ADDRESS, 0, 0), FlowTotals(*total[:4]),
+                  total[4])
+                 for place, total in groups.items()]
+    return unpacked(dict(busiest)), summaries
+
+
+_NO_ADDRESS = bytes(16)
+
+
+def _flow_count(flow: tuple[bytes, list[int]]) -> int:
+    return flow[1][0]
 
 
 def sum_per_cpu(copies: list[bytes]) -> FlowTotals:
@@ -825,7 +915,7 @@ class FlowFeed:
         for sensor in publishers:
             sensor.flush_to_feed()
 
-    def publish(self, sensor: "DropSensor", flows: list) -> None:
+    def publish(self, sensor: "DropSensor", flows: "RawFlows") -> None:
         with self._lock:
             if not self._publishing(sensor):
                 return
@@ -840,7 +930,7 @@ class FlowSubscription:
     def __init__(self, feed: FlowFeed, sensor: "DropSensor", reason: int, netns: int, max_flows: int):
         self._feed, self.sensor, self.reason, self.netns, self.max_flows = feed, sensor, reason, netns, max_flows
         self._lock = threading.Lock()
-        self._flows: dict[FlowTuple, list[int]] = {}
+        self._flows: RawFlows = {}
         self.lost = 0  # drops of flows past max_flows, counted, not kept
         self.gone = False  # no drop sensor publishes any more: nothing will arrive
 
@@ -848,15 +938,16 @@ class FlowSubscription:
     def attach_path(self) -> str:
         return f"{self.sensor.attach_path}, shared with the drop sensor"
 
-    def add(self, flows: list) -> None:
+    def add(self, flows: "RawFlows") -> None:
         with self._lock:
-            for key, val in flows:
-                if key.reason != self.reason or (self.netns and key.netns != self.netns):
+            for key, val in flows.items():
+                netns, _ifindex, reason = _FLOW_NETNS_REASON.unpack_from(key)
+                if reason != self.reason or (self.netns and netns != self.netns):
                     continue
                 total = self._flows.get(key)
                 if total is None:
                     if len(self._flows) >= self.max_flows:
-                        self.lost += val.count
+                        self.lost += val[0]
                         continue
                     self._flows[key] = total = [0, 0, 0, 0]
                 _merge(total, val)
@@ -866,7 +957,7 @@ class FlowSubscription:
         self._feed.flush()
         with self._lock:
             flows, self._flows = self._flows, {}
-        return self.sensor.render([(k, FlowTotals._make(v)) for k, v in flows.items()], now)
+        return self.sensor.render(unpacked(flows), now)
 
     def close(self) -> None:
         self._feed.unsubscribe(self)

@@ -9,7 +9,7 @@ import click
 from netagent.commands.options import kubernetes_config_option
 from netagent.enrich.cli import command_enricher, pod_netns, pod_option
 from netagent.output import JsonLineEmitter, endpoint, note, output_option, pod_cell, render_table, resolve_output
-from netagent.probes.drops import ATTACH_MODES  # no BCC import: that happens at attach
+from netagent.probes.drops import ATTACH_MODES, FLOW_EVENTS  # no BCC import: that happens at attach
 from netagent.signals import StopSignals
 
 TABLE_COLUMNS = [
@@ -25,7 +25,8 @@ def table_row(event: dict) -> dict:
         "count": drop["count"],
         "reason": event["event"]["reason"],
         "transport": event.get("network", {}).get("transport") or event.get("network", {}).get("type"),
-        "src": endpoint(event.get("source")),
+        # a summary of many flows has no one source: say how many it stands for
+        "src": f"({drop['flows']} flows)" if drop.get("flows") else endpoint(event.get("source")),
         "dst": endpoint(event.get("destination")),
         "interface": drop.get("interface") or (drop["ifindex"] or "-"),
         "netns": drop.get("netns_name") or drop["netns"],
@@ -69,11 +70,15 @@ class DropSummary:
 @click.option("--duration", type=click.FloatRange(0, None, min_open=True), default=None,
               help="Stop after this many seconds (default: until Ctrl-C / SIGTERM).")
 @click.option("--top", type=click.IntRange(1, 1000), default=20, show_default=True, help="Rows in the table view.")
+@click.option("--flow-events", type=click.IntRange(0, None), default=FLOW_EVENTS, show_default=True,
+              help="Flows per interval reported one by one, the busiest first; the others are summed up per "
+                   "reason and place (netagent.drop.flows). 0: every flow.")
 @click.option("--attach", "attach_mode", type=click.Choice(ATTACH_MODES), default="auto", show_default=True,
               help="Attach path: auto takes the first this kernel offers (raw_tracepoint, tracepoint, kprobe); "
                    "a path this kernel lacks exits 69.")
 @output_option
-def drops(netns, pod, kubernetes, reasons, iface, proto, host, port, interval, duration, top, attach_mode, output):
+def drops(netns, pod, kubernetes, reasons, iface, proto, host, port, interval, duration, top, flow_events, attach_mode,
+          output):
     """Every packet the kernel drops, with the kernel's reason, per flow."""
     from netagent.probes.drops import DropFilters, DropSensor
 
@@ -85,6 +90,7 @@ def drops(netns, pod, kubernetes, reasons, iface, proto, host, port, interval, d
         interval=interval,
         announce=held_notes.append,
         attach=attach_mode,
+        flow_events=flow_events,
     )
     summary = DropSummary()
     emitter = JsonLineEmitter()
@@ -134,9 +140,10 @@ def _show(events, fmt, emitter, top, sensor, final=False):
     if sys.stdout.isatty():
         sys.stdout.write("\x1b[H\x1b[2J")
     stamp = time.strftime("%H:%M:%S")
-    more = f" (+{len(events) - top} more flows)" if len(events) > top else ""
+    flows = sum(e["netagent"]["drop"].get("flows", 1) for e in events)
+    more = f" (+{len(events) - top} more rows)" if len(events) > top else ""
     lost = sensor.losses().get("kernel", 0)
-    print(f"{stamp}  {sum(e['netagent']['drop']['count'] for e in events)} drops in {len(events)} flows{more}"
+    print(f"{stamp}  {sum(e['netagent']['drop']['count'] for e in events)} drops in {flows} flows{more}"
           f"{f'  LOST in kernel: {lost}' if lost else ''}")
     if rows:
         print(render_table(rows, TABLE_COLUMNS))

@@ -118,6 +118,50 @@ def test_storm_of_100k_datagrams_is_counted_exactly(pair):
     assert "lost: kernel 0" in "".join(agent.stderr_lines)
 
 
+MANY_PORTS_SENDER = r"""
+import socket, sys
+src, dst, first, ports, each = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 40003))
+for port in range(first, first + ports):
+    for _ in range(each):
+        s.sendto(b"x" * 64, (dst, port))
+print(ports * each)
+"""
+
+
+def test_flows_past_flow_events_are_summed_up_and_still_add_up_to_noports(pair):
+    client, server = pair
+    # one interval for the whole test (the final flush at stop drains it): 400 flows in one poll
+    agent = AgentProcess("trace", "drops", "--netns", server.name, "--output", "json", "--interval", "600",
+                         "--reason", "NO_SOCKET", "--proto", "udp", "--flow-events", "50")
+    agent.wait_for_stderr("attached to", timeout=scaled(90))
+    try:
+        before = snmp_counter(server, "4")
+        out = client.run("python3", "-c", MANY_PORTS_SENDER, "10.77.0.1", "10.77.0.2", "21000", "400", "3",
+                         timeout=scaled(120))
+        assert int(out.stdout) == 1200
+        after = snmp_counter(server, "4")
+    finally:
+        code, _ = agent.stop()
+    assert code == 0, agent.stderr_lines
+    assert after - before == 1200
+    events = flows(agent.events(), "NO_SOCKET", "udp")
+    single = [e for e in events if "flows" not in e["netagent"]["drop"]]
+    summaries = [e for e in events if "flows" in e["netagent"]["drop"]]
+    assert len(single) == 50 and summaries, [e["netagent"]["drop"] for e in events]
+    assert sum(e["netagent"]["drop"]["count"] for e in events) == after - before
+    assert len(single) + sum(e["netagent"]["drop"]["flows"] for e in summaries) == 400
+    for e in single:
+        assert e["source"] == {"ip": "10.77.0.1", "port": 40003} and e["netagent"]["drop"]["count"] == 3
+    for e in summaries:
+        drop = e["netagent"]["drop"]
+        assert "source" not in e and "destination" not in e
+        assert drop["netns"] == server.inode and drop["interface"] == "eth0"
+        assert drop["location"].startswith("__udp")
+    assert re.search(r"\b1200\s+\d+ B\s+NO_SOCKET", "".join(agent.stderr_lines))
+
+
 def test_iptables_drop_matches_rule_counter(pair):
     client, server = pair
     server.run("iptables", "-A", "INPUT", "-p", "udp", "--dport", "5555", "-j", "DROP")

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import orjson
 
-from netagent.probes.drops import render_flow, reason_names
+from netagent.probes.drops import FlowTuple, reason_names, render_flow, summarize_flows, unpacked
 from netagent.tracefs import parse_format
 
 
@@ -76,3 +76,48 @@ def test_reason_names_come_from_the_format_file():
             "\tfield:enum skb_drop_reason reason;\toffset:28;\tsize:4;\tsigned:0;\n")
     names, source = reason_names(parse_format(text))
     assert names == {2: "NOT_SPECIFIED", 3: "NO_SOCKET"} and source == "tracefs format"
+
+
+
+def flow(n: int, count: int, *, reason=3, first=1_000, last=2_000):
+    """One drained flow as the sensor holds it: the packed kernel key and its totals."""
+    k = FlowTuple(netns=4026532000, ifindex=2, reason=reason, l3=0x0800, l4=17, location=0xFFFFFFFF820490CC,
+                  saddr=bytes([10, 1, 0, 1]) + bytes(12), daddr=bytes([10, 1, 0, 2]) + bytes(12),
+                  sport=40000, dport=20000 + n)
+    return k.pack(), [count, count * 36, first, last]
+
+
+def test_the_busiest_flows_stay_and_the_rest_add_up_per_reason_and_place():
+    flows = dict(flow(n, count=1 + n % 7, first=1_000 + n, last=5_000 - n) for n in range(300))
+    flows.update(flow(1000 + n, count=2, reason=12) for n in range(20))  # a second reason: its own summary
+    kept, summaries = summarize_flows(flows, 50)
+    assert len(kept) == 50
+    kept_ports = {k.dport for k, _ in kept}
+    unkept = [(k, v) for k, v in unpacked(flows) if k.dport not in kept_ports]
+    assert min(v.count for _, v in kept) >= max(v.count for _, v in unkept)  # the busiest are the ones kept
+    assert all(k.saddr == bytes([10, 1, 0, 1]) + bytes(12) and k.sport == 40000 for k, _ in kept)  # unpacked whole
+    by_reason = {k.reason: (k, v, n) for k, v, n in summaries}
+    assert set(by_reason) == {3, 12}  # the 50 busiest have 6 or 7 drops: all of reason 12's (2 each) are summed
+    assert by_reason[12][1].count == 40 and by_reason[12][2] == 20
+    assert sum(n for _, _, n in summaries) + len(kept) == 320  # every flow in exactly one event
+    total = sum(v[0] for v in flows.values())
+    assert sum(v.count for _, v, _ in summaries) + sum(v.count for _, v in kept) == total
+    assert sum(v.bytes for _, v, _ in summaries) + sum(v.bytes for _, v in kept) == total * 36
+    key, totals, _ = by_reason[3]
+    summed = [v for k, v in unkept if k.reason == 3]
+    assert totals.first_ns == min(v.first_ns for v in summed) and totals.last_ns == max(v.last_ns for v in summed)
+    assert (key.netns, key.ifindex, key.l3, key.l4, key.location) == (4026532000, 2, 0x0800, 17, 0xFFFFFFFF820490CC)
+    assert key.sport == key.dport == 0 and key.saddr == key.daddr == bytes(16)
+
+
+def test_a_summary_event_names_what_its_flows_share_and_how_many_they_are():
+    (key, totals, n), = summarize_flows(dict(flow(n, count=2) for n in range(5)), 1)[1]
+    e = render_flow(key, totals, reasons=REASONS, has_reason=True, symbolize=lambda a: "fn+0xcc", interface=None,
+                    netns_name=None, to_wall=lambda ns: 1_700_000_000 + ns / 1e9, now=1_700_000_010.0, flows=n)
+    assert n == 4
+    assert "source" not in e and "destination" not in e
+    assert e["network"] == {"type": "ipv4", "transport": "udp", "iana_number": "17"}
+    assert e["event"]["reason"] == "NO_SOCKET" and e["event"]["action"] == "packet-dropped"
+    d = e["netagent"]["drop"]
+    assert d["flows"] == 4 and d["count"] == 8 and d["ifindex"] == 2 and d["netns"] == 4026532000
+    orjson.dumps(e)
