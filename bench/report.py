@@ -122,8 +122,10 @@ def main() -> int:
     if rows:
         when = (cost or rate or storm or daemon)
         # each benchmark can be run alone: say when each of these figures was written
-        dates = ", ".join(f"{name} {r['written_at']}" for name, r in
-                          (("drop_cost", cost), ("drops", rate), ("storm", storm), ("daemon", daemon)) if r)
+        # (and on which kernel, where one was measured on another: this machine's kernel build can change)
+        dates = ", ".join(f"{name} {r['written_at']}" + (f" on {r['kernel']}" if r["kernel"] != when["kernel"] else "")
+                          for name, r in (("drop_cost", cost), ("drops", rate), ("storm", storm), ("daemon", daemon))
+                          if r)
         lines = [f"Measured on kernel {when['kernel']}, {when['cpus']} CPUs ({dates}; "
                  "median, min–max over the rounds):", "", "| figure | measured | target |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
