@@ -277,14 +277,14 @@ def render_flow(key, val, *, reasons: dict[int, str], has_reason: bool, symboliz
     if l3 in (0x0800, 0x86DD):
         network["transport"] = TRANSPORT_NAMES.get(l4, str(l4))
         network["iana_number"] = str(l4)
-    if l3 in (0x0800, 0x86DD) and not flows:
-        source["ip"] = _address(key.saddr, l3)
-        destination["ip"] = _address(key.daddr, l3)
-        if l4 in (6, 17, 132):
-            source["port"] = int(key.sport)
-            destination["port"] = int(key.dport)
-        elif l4 in (1, 58):
-            drop["icmp"] = {"type": int(key.sport), "code": int(key.dport)}
+        if not flows:  # one flow: its addresses and ports (a summary's flows have many)
+            source["ip"] = _address(key.saddr, l3)
+            destination["ip"] = _address(key.daddr, l3)
+            if l4 in (6, 17, 132):
+                source["port"] = int(key.sport)
+                destination["port"] = int(key.dport)
+            elif l4 in (1, 58):
+                drop["icmp"] = {"type": int(key.sport), "code": int(key.dport)}
     # `now` None: stamped with this moment (a template per call); a poll passes its own time
     event = _from_template(_event_template(now) if now is not None else _event_template.__wrapped__(None))
     event["network"] = network
@@ -526,10 +526,9 @@ class DropSensor(Sensor):
                     self._held = []
             now = time.time()
             if self.flow_events and len(flows) > self.flow_events:
-                busiest, summaries = summarize_flows(flows, self.flow_events)
-                events = self.render(busiest, now) + self.render_summaries(summaries, now)
+                events = self.render(*summarize_flows(flows, self.flow_events), now=now)
             else:
-                events = self.render(unpacked(flows), now)
+                events = self.render(unpacked(flows), now=now)
         events.sort(key=_drop_count, reverse=True)
         self._update_losses()
         return events
@@ -544,22 +543,15 @@ class DropSensor(Sensor):
             FEED.publish(self, flows)
             self._held.append(flows)
 
-    def render(self, flows: list[tuple["FlowTuple", "FlowTotals"]], now: float) -> list[dict]:
-        """Flows drained by this sensor (or passed on by FEED) as events."""
-        reasons, has_reason, symbolize, to_wall = self._reasons, self._has_reason, self._symbolizer.symbolize, \
-            self._to_wall
+    def render(self, flows: list[tuple["FlowTuple", "FlowTotals"]],
+               summaries: list[tuple["FlowTuple", "FlowTotals", int]] = (), *, now: float) -> list[dict]:
+        """Flows drained by this sensor (or passed on by FEED) as events, then summarize_flows'
+        summaries (key, totals, number of flows) as one event each."""
         # interface and namespace names are filled in by the enrichment stage (netagent.enrich)
-        return [render_flow(key, val, reasons=reasons, has_reason=has_reason, symbolize=symbolize,
-                            interface=None, netns_name=None, to_wall=to_wall, now=now)
-                for key, val in flows]
-
-    def render_summaries(self, summaries: list[tuple["FlowTuple", "FlowTotals", int]], now: float) -> list[dict]:
-        """summarize_flows' groups as events: what their flows share, counts added up."""
-        reasons, has_reason, symbolize, to_wall = self._reasons, self._has_reason, self._symbolizer.symbolize, \
-            self._to_wall
-        return [render_flow(key, val, reasons=reasons, has_reason=has_reason, symbolize=symbolize,
-                            interface=None, netns_name=None, to_wall=to_wall, now=now, flows=flows)
-                for key, val, flows in summaries]
+        common = dict(reasons=self._reasons, has_reason=self._has_reason, symbolize=self._symbolizer.symbolize,
+                      interface=None, netns_name=None, to_wall=self._to_wall, now=now)
+        return ([render_flow(key, val, **common) for key, val in flows]
+                + [render_flow(key, val, flows=count, **common) for key, val, count in summaries])
 
     def detach(self) -> None:
         FEED.remove_publisher(self)
@@ -677,7 +669,7 @@ class DropSensor(Sensor):
         new_cache, new_flows = self._buffers[self._active]
         self._loaded.maps["active_cache"].update(_ZERO_KEY, new_cache.fd.to_bytes(4, "little"))
         self._loaded.maps["active_flows"].update(_ZERO_KEY, new_flows.fd.to_bytes(4, "little"))
-        flows: dict[bytes, list[int]] = {}
+        flows: RawFlows = {}
         key_size, stride, cpus = old_flows.key_size, old_flows.stride, old_flows.cpus
         for keys, values, count in old_flows.drain_blocks():
             # each key once (a hash map): its per-CPU copies add up; no bytes object per copy
@@ -741,7 +733,9 @@ class FlowVal(ctypes.Structure):
 # (checked against the ctypes layouts above at import).
 _FLOW_KEY = struct.Struct("=IIIHBxQ16s16sHH4x")
 _FLOW_VAL = struct.Struct("=QQQQ")
-_FLOW_NETNS_REASON = struct.Struct("=III")  # the first fields of a packed flow_key: netns, ifindex, reason
+# The head of a packed flow_key: netns, ifindex, reason, l3, l4, (pad), location; what a
+# summary keeps of its flows, and what a FEED subscription filters on.
+_FLOW_PLACE = struct.Struct("=IIIHBxQ")
 assert _FLOW_KEY.size == ctypes.sizeof(FlowKey) and _FLOW_VAL.size == ctypes.sizeof(FlowVal)
 
 
@@ -788,9 +782,6 @@ def _merge(total: list[int], val) -> None:
 
 # Drained flows as the kernel keyed them: packed struct flow_key -> [count, bytes, first_ns, last_ns].
 RawFlows = dict[bytes, list[int]]
-# The head of a packed flow_key: netns, ifindex, reason, l3, l4, (pad), location; what a
-# summary keeps of its flows.
-_FLOW_PLACE = struct.Struct("=IIIHBxQ")
 
 
 def unpacked(flows: RawFlows) -> list[tuple[FlowTuple, FlowTotals]]:
@@ -941,7 +932,7 @@ class FlowSubscription:
     def add(self, flows: "RawFlows") -> None:
         with self._lock:
             for key, val in flows.items():
-                netns, _ifindex, reason = _FLOW_NETNS_REASON.unpack_from(key)
+                netns, _ifindex, reason, *_ = _FLOW_PLACE.unpack_from(key)
                 if reason != self.reason or (self.netns and netns != self.netns):
                     continue
                 total = self._flows.get(key)
@@ -957,7 +948,7 @@ class FlowSubscription:
         self._feed.flush()
         with self._lock:
             flows, self._flows = self._flows, {}
-        return self.sensor.render(unpacked(flows), now)
+        return self.sensor.render(unpacked(flows), now=now)
 
     def close(self) -> None:
         self._feed.unsubscribe(self)
