@@ -69,6 +69,9 @@ class ProgramSpec:
     # Map of maps -> the inner map it was declared with (BPF_ARRAY_OF_MAPS(outer, "inner", n)), for the
     # bytecode cache, which creates maps itself; outer maps with a "map_fd" setup write need no entry.
     inner_maps: dict = field(default_factory=dict)
+    # tp_btf: placeholder helper number (a string: JSON keys) -> BTF id of the kfunc the
+    # program means by it (link_kfuncs; see rdonly_cast in drops.bpf.c)
+    kfuncs: dict = field(default_factory=dict)
     # Map writes done before attaching, so the program never runs half set up:
     # {"map": name, "key": u32, "value": hex} or {"map": name, "key": u32, "map_fd": other map}
     setup: list[dict] = field(default_factory=list)
@@ -196,12 +199,37 @@ def map_info(fd: int) -> dict:
     return {"type": u32[0], "key_size": u32[2], "value_size": u32[3], "max_entries": u32[4]}
 
 
+_CALL = 0x85  # BPF_JMP | BPF_CALL
+_PSEUDO_KFUNC_CALL = 2
+
+
+def link_kfuncs(insns: bytes, kfuncs: dict) -> bytes:
+    """Each call of a placeholder helper number in `kfuncs` made a call of that kfunc.
+
+    BCC compiles a call through a constant function pointer as a helper call
+    (src_reg 0, imm = the number); a kfunc call is src_reg
+    BPF_PSEUDO_KFUNC_CALL, imm = the kfunc's BTF id (off 0: in vmlinux)."""
+    if not kfuncs:
+        return insns
+    by_number = {int(number): btf_id for number, btf_id in kfuncs.items()}
+    out = bytearray(insns)
+    for i in range(0, len(out), 8):
+        if out[i] != _CALL or out[i + 1] >> 4 != 0:
+            continue
+        btf_id = by_number.get(int.from_bytes(out[i + 4:i + 8], "little", signed=True))
+        if btf_id is not None:
+            out[i + 1] = (out[i + 1] & 0x0F) | (_PSEUDO_KFUNC_CALL << 4)
+            out[i + 4:i + 8] = btf_id.to_bytes(4, "little")
+    return bytes(out)
+
+
 def _attach(bpf, spec: ProgramSpec) -> tuple[int, int]:
     """(program fd, link fd) with the program attached as spec.attach says."""
     name = spec.program.encode()
     if spec.attach == "tp_btf":
         try:
-            prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, bpf.dump_func(name), name=spec.program[:15],
+            prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, link_kfuncs(bpf.dump_func(name), spec.kfuncs),
+                                    name=spec.program[:15],
                                     expected_attach_type=bpfsys.TRACE_RAW_TP, attach_btf_id=spec.attach_btf_id)
             return prog, bpfsys.raw_tracepoint_open(prog)
         except OSError as exc:
@@ -324,7 +352,8 @@ def _load_cached(spec: ProgramSpec, record: dict) -> LoadedProgram:
             value = fds[write["map_fd"]].to_bytes(4, "little") if "map_fd" in write else bytes.fromhex(write["value"])
             raw[write["map"]].update(key, value)
         if spec.attach == "tp_btf":
-            prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, bytes(insns), name=spec.program[:15],
+            prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, link_kfuncs(bytes(insns), spec.kfuncs),
+                                    name=spec.program[:15],
                                     expected_attach_type=bpfsys.TRACE_RAW_TP, attach_btf_id=spec.attach_btf_id)
             link = _closing_on_error(prog, lambda: bpfsys.raw_tracepoint_open(prog))
         else:

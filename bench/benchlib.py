@@ -22,6 +22,11 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "10"))
 FLOOD_CPU = os.environ.get("BENCH_FLOOD_CPU", str(max(os.cpu_count() - 1, 0)))
 
 
+def other_cpus() -> set[int]:
+    """The CPUs the flood does not run on (all of them on a one-CPU machine)."""
+    return (os.sched_getaffinity(0) - {int(FLOOD_CPU)}) or os.sched_getaffinity(0)
+
+
 def build_flood() -> str:
     return build("udp_flood")
 

@@ -83,6 +83,14 @@ BTF_FIELDS = {
     "OFF_SK_NET": ("sock_common", "skc_net.net"),
 }
 
+# The tp_btf program reads packet headers with plain loads through bpf_rdonly_cast
+# (Linux 6.2+), cast to a struct whose first member spans the header window
+# (HDR_READ, 64 bytes); see rdonly_cast in drops.bpf.c. The placeholder helper
+# number is rewritten into the kfunc call by the loader (bpfchild.link_kfuncs).
+RDONLY_CAST = "bpf_rdonly_cast"
+HEADER_WINDOW = ("new_utsname", "sysname", 64)  # struct, its first member, the bytes it must span
+KFUNC_RDONLY_CAST = 0x6E61
+
 CONFIG_SECTION = "drops"
 CONFIG_SCHEMA = {
     "enabled": ("bool", True),
@@ -149,6 +157,25 @@ def struct_offsets() -> tuple[dict[str, int], str]:
         return {macro: btf.member_offset(s, m) for macro, (s, m) in BTF_FIELDS.items()}
 
     return btfcache.fact("drops.struct_offsets", compute), "BTF"
+
+
+def header_cast_ids() -> tuple[int, int] | None:
+    """(BTF id of bpf_rdonly_cast, BTF id of the header window struct), or None where this
+    kernel lacks the kfunc (before 6.2) or the struct: the program then reads headers with
+    bpf_probe_read_kernel, as on every other attach path."""
+    def compute():
+        btf = kernel_btf()
+        struct, member, size = HEADER_WINDOW
+        try:
+            ids = [btf.vmlinux.find(RDONLY_CAST, btf_mod.FUNC), btf.vmlinux.find(struct, btf_mod.STRUCT)]
+            if btf.member_offset(struct, member) != 0 or btf.member_size(struct, member) < size:
+                return None
+        except BtfError:
+            return None
+        return ids
+
+    ids = btfcache.fact("drops.header_cast_ids", compute)
+    return tuple(ids) if ids else None
 
 
 def raw_tracepoint_positions() -> dict[str, int] | None:
@@ -435,11 +462,22 @@ class DropSensor(Sensor):
         try:
             loaded = self._load(path, program, function, macros, prelude, setup)
         except ProbeUnavailable:
-            if self.attach_mode != "auto" or program != b"on_kfree_skb_btf":
+            if program != b"on_kfree_skb_btf":
                 raise
-            # A kernel that describes the tracepoint in BTF but refuses tp_btf programs.
-            path, program, function = self._plan_attach(fmt, "raw_tracepoint")
-            loaded = self._load(path, program, function, macros, prelude, setup)
+            loaded = None
+            if macros.get("HDR_CAST_BTF_ID"):
+                # A kernel that has the kfunc but refuses it here: tp_btf with helper reads.
+                macros = dict(macros, HDR_CAST_BTF_ID=0)
+                try:
+                    loaded = self._load(path, program, function, macros, prelude, setup)
+                except ProbeUnavailable:
+                    pass
+            if loaded is None:
+                if self.attach_mode != "auto":
+                    raise
+                # A kernel that describes the tracepoint in BTF but refuses tp_btf programs.
+                path, program, function = self._plan_attach(fmt, "raw_tracepoint")
+                loaded = self._load(path, program, function, macros, prelude, setup)
         self._loaded, self._active = loaded, 0
         self._buffers = ((loaded.maps["cache_a"], loaded.maps["flows_a"]),
                          (loaded.maps["cache_b"], loaded.maps["flows_b"]))
@@ -493,13 +531,20 @@ class DropSensor(Sensor):
                                           "overflow", "handover_state",
                                           "handover_marker", "pred_marker"], setup=setup,
                                     attach_btf_id=self._tp_btf_id() if kind == "tp_btf" else 0,
-                                    inner_maps={"pred_marker": "handover_marker"})
+                                    inner_maps={"pred_marker": "handover_marker"},
+                                    kfuncs=self._kfuncs(macros) if kind == "tp_btf" else {})
         loaded = bpfchild.load(spec)
         if loaded.maps["flows_a"].key_size != ctypes.sizeof(FlowKey):
             loaded.close()
             raise ProbeUnavailable(f"drops.bpf.c flow key is {loaded.maps['flows_a'].key_size} bytes, "
                                    f"drops.py expects {ctypes.sizeof(FlowKey)}")
         return loaded
+
+    @staticmethod
+    def _kfuncs(macros: dict) -> dict:
+        """The loader's placeholder -> kfunc BTF id, for a program built with `macros`."""
+        ids = header_cast_ids() if macros.get("HDR_CAST_BTF_ID") else None
+        return {str(KFUNC_RDONLY_CAST): ids[0]} if ids else {}
 
     @staticmethod
     def _tp_btf_id() -> int:
@@ -608,6 +653,9 @@ class DropSensor(Sensor):
         if self._raw_positions:
             macros.update(self._raw_positions)
         macros["KPROBE_RETURN_FROM"] = _kprobe_return_from()
+        cast = header_cast_ids() if self._raw_positions else None  # only the tp_btf program uses it
+        macros["HDR_CAST_BTF_ID"] = cast[1] if cast else 0
+        macros["KFUNC_RDONLY_CAST"] = KFUNC_RDONLY_CAST
         macros["USE_TICK_CLOCK"] = 1
         macros["MAX_FLOWS"] = self.max_flows
         macros["CACHE_SLOTS"] = CACHE_SLOTS
