@@ -461,20 +461,21 @@ class DropSensor(Sensor):
             setup.append({"map": "handover_state", "key": 0, "value": HANDOVER_STANDBY.hex()})
         try:
             loaded = self._load(path, program, function, macros, prelude, setup)
-        except ProbeUnavailable:
+        except ProbeUnavailable as refused:
             if program != b"on_kfree_skb_btf":
                 raise
-            loaded = None
-            if macros.get("HDR_CAST_BTF_ID"):
-                # A kernel that has the kfunc but refuses it here: tp_btf with helper reads.
+            loaded, error = None, refused
+            if macros.get("HDR_CAST_BTF_ID") and "kernel function" in str(refused):
+                # The verifier refused the kfunc call itself ("calling kernel function ... is
+                # not allowed"): tp_btf with helper reads. Any other refusal would only repeat.
                 macros = dict(macros, HDR_CAST_BTF_ID=0)
                 try:
                     loaded = self._load(path, program, function, macros, prelude, setup)
-                except ProbeUnavailable:
-                    pass
+                except ProbeUnavailable as exc:
+                    error = exc
             if loaded is None:
                 if self.attach_mode != "auto":
-                    raise
+                    raise error from None
                 # A kernel that describes the tracepoint in BTF but refuses tp_btf programs.
                 path, program, function = self._plan_attach(fmt, "raw_tracepoint")
                 loaded = self._load(path, program, function, macros, prelude, setup)
