@@ -1,4 +1,4 @@
-"""Kernel addresses to 'function+0xoff' using /proc/kallsyms.
+"""Kernel addresses to 'function+0xoff' ('function+0xoff [module]' in a module) using /proc/kallsyms.
 
 A daemon holds this for its lifetime, so the table is kept compact: the
 text symbols' addresses in one array of u64 and their names in one bytes
@@ -63,7 +63,8 @@ class Symbolizer:
         return self._blob[start:self._blob.index(b"\n", start)].decode(errors="replace")
 
     def symbolize(self, addr: int) -> str:
-        """'kfree_skb_reason+0x1a' or the bare hex address when unknown."""
+        """'kfree_skb_reason+0x1a', 'nft_do_chain+0x4a [nf_tables]' (the kernel's own %pS
+        order, as in its stack traces), or the bare hex address when unknown."""
         # Drops come from a few hundred places at most; a storm asks for them thousands of times a second.
         text = self._memo.get(addr)
         if text is None:
@@ -77,7 +78,8 @@ class Symbolizer:
         i = bisect.bisect_right(self._addrs, addr) - 1
         if i < 0 or not addr:
             return f"{addr:#x}"
-        return f"{self._name(i)}+{addr - self._addrs[i]:#x}"
+        name, bracket, module = self._name(i).partition(" [")
+        return f"{name}+{addr - self._addrs[i]:#x}" + (f" [{module}" if bracket else "")
 
     def has(self, name: str) -> bool:
         """Whether a text symbol of that name exists (in the kernel or a module)."""

@@ -57,8 +57,16 @@ def test_udp_clash_through_dnat_is_counted_like_the_kernel(clash_lab):
         assert summed(events, name) == kernel[name], name
     if kernel["clash_resolve"]:
         resolved = [e for e in events if e["event"]["action"] == "clash-resolved"]
-        assert resolved and resolved[0]["event"]["kind"] == "event"
-        assert sum(e["netagent"]["conntrack"]["deltas"]["clash_resolve"] for e in resolved) == kernel["clash_resolve"]
+        assert resolved and all(e["event"]["kind"] == "event" for e in resolved)
+        # from the counters, every kernel; per packet (no "deltas", a count and the flow) also
+        # from the kretprobe on nf_ct_resolve_clash where kprobes exist
+        from_counters = [e for e in resolved if "deltas" in e["netagent"]["conntrack"]]
+        assert sum(e["netagent"]["conntrack"]["deltas"]["clash_resolve"] for e in from_counters) == kernel[
+            "clash_resolve"]
+        per_packet = [e for e in resolved if e["netagent"]["conntrack"].get("attribution") == "kprobe"]
+        if sensor.per_packet_mode == "kprobe" and per_packet:
+            assert sum(e["netagent"]["conntrack"]["count"] for e in per_packet) == kernel["clash_resolve"]
+            assert all(e["network"]["transport"] == "udp" for e in per_packet)
     if kernel["insert_failed"]:
         assert [e for e in events if e["event"]["action"] == "insert-failed"]
 

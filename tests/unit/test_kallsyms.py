@@ -13,7 +13,7 @@ def test_address_inside_a_function_gets_name_and_offset():
 
 def test_module_symbols_keep_their_module():
     s = Symbolizer(SAMPLE)
-    assert s.symbolize(0xFFFFFFFFC0A01010) == "nf_conntrack_in [nf_conntrack]+0x10"
+    assert s.symbolize(0xFFFFFFFFC0A01010) == "nf_conntrack_in+0x10 [nf_conntrack]"
 
 
 def test_data_symbols_and_hidden_addresses_are_ignored():

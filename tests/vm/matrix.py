@@ -35,8 +35,8 @@ DESELECT: dict[str, dict[str, str]] = {
 }
 
 # One pytest run per kernel, both VMs at once: bound for the whole guest run.
-# The full list is ~55 tests at ~1 min each under TCG on two shared cores at
-# load 5, ~3 min at load 15-20 (docs/kernels.md): 90 minutes fits the former.
+# The full list is 59 tests: 44-46 min per guest with both at once on a quiet machine
+# (2026-12-02; a test takes ~3 min at load 15-20, docs/kernels.md): 90 minutes fits it.
 # make test-kernels is not part of make test.
 GUEST_TIMEOUT_SECONDS = 5400
 
