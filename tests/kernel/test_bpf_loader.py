@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from netagent import bpfchild, bpfsys
+from netagent.bpfinfo import prog_stats
 from netagent.errors import ProbeUnavailable
 from netagent.probes.drops import DropFilters, DropSensor
 from timescale import scaled
@@ -198,8 +199,7 @@ def test_the_compile_bound_comes_from_netagent_compile_timeout(tmp_path, monkeyp
 
 def program_calls(prog_fd: int) -> list[str]:
     """The helper and kfunc calls in a loaded program, as bpftool prints them (verifier's rewrites included)."""
-    prog_id = bpfsys.obj_info(prog_fd, 8)[4:8]
-    out = subprocess.run(["bpftool", "prog", "dump", "xlated", "id", str(int.from_bytes(prog_id, "little"))],
+    out = subprocess.run(["bpftool", "prog", "dump", "xlated", "id", str(prog_stats(prog_fd).prog_id)],
                          capture_output=True, text=True, check=True).stdout
     return [ln.split("call ", 1)[1].split("#")[0] for ln in out.splitlines() if " call " in ln]
 
