@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "10"))
 # The flood runs on this CPU; agents and reference tools are left to the others.
+FLOOD_WINDOW_SECONDS = 0.1  # udp_flood.c's WINDOW
 FLOOD_CPU = os.environ.get("BENCH_FLOOD_CPU", str(max(os.cpu_count() - 1, 0)))
 
 
@@ -33,9 +34,17 @@ def build_flood() -> str:
 
 def flood(ns, binary: str, seconds: float, addr: str = "127.0.0.1", port: int = 9) -> tuple[int, float]:
     """Datagrams sent to a closed port inside namespace `ns`, and the seconds it took."""
-    start = time.monotonic()
+    sent, elapsed, _windows = flood_windows(ns, binary, seconds, addr, port)
+    return sent, elapsed
+
+
+def flood_windows(ns, binary: str, seconds: float, addr: str = "127.0.0.1",
+                  port: int = 9) -> tuple[int, float, list[int]]:
+    """As flood(), with the datagrams sent in each 100 ms window (FLOOD_WINDOW_SECONDS).
+    The seconds are the flood's own sending time, not counting its process start."""
     out = ns.run("taskset", "-c", FLOOD_CPU, binary, addr, str(port), str(seconds), timeout=seconds + 60)
-    return int(out.stdout), time.monotonic() - start
+    sent, elapsed = out.stdout.split()
+    return int(sent), float(elapsed), [int(n) for n in out.stderr.split()]
 
 
 def noports(ns) -> int:
@@ -108,3 +117,31 @@ def one_line_parser(prog: str) -> argparse.ArgumentParser:
             sys.exit(EXIT_USAGE)
 
     return Parser(prog=f"{prog}.py")
+
+
+class EmptyProgramOnKfreeSkb:
+    """A BPF program that does nothing, attached where netagent's drop program goes
+    (tp_btf skb:kfree_skb): the floor of what any program on that tracepoint costs a
+    dropped packet (the kernel's dispatch to it), to read the agent's figures against."""
+
+    def __enter__(self):
+        import struct
+
+        from netagent import bpfsys
+        from netagent.btf import TYPEDEF, kernel_btf
+
+        mov_r0_0, exit_ = struct.pack("<BBhi", 0xB7, 0, 0, 0), struct.pack("<BBhi", 0x95, 0, 0, 0)
+        self.prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, mov_r0_0 + exit_, name="bench_empty",
+                                     expected_attach_type=bpfsys.TRACE_RAW_TP,
+                                     attach_btf_id=kernel_btf().find("btf_trace_kfree_skb", TYPEDEF))
+        try:
+            self.link = bpfsys.raw_tracepoint_open(self.prog)
+        except BaseException:
+            os.close(self.prog)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.link)
+        os.close(self.prog)
+        return False

@@ -4,6 +4,8 @@ The reference is the simplest peer counter,
     bpftrace -e 'tracepoint:skb:kfree_skb { @[args->reason] = count(); }'
 which counts drops by reason only; netagent attributes each drop to
 (netns, ifindex, reason, location, 5-tuple) with bytes and first/last time.
+The floor is an empty program (`empty`) attached where netagent's goes
+(tp_btf skb:kfree_skb): what bpf_stats itself adds to every run here.
 Cost = run_time_ns / run_cnt of the program (kernel.bpf_stats_enabled), over
 a closed-port UDP flood to 127.0.0.1:9 in a namespace this script creates.
 Each round runs every variant once, alone, in a rotating order; netagent's
@@ -14,9 +16,9 @@ Writes bench/results/drop_cost.json.
 
     drop_cost_bench.py [--paths all|VARIANT,...] [--together] [--json-out FILE]
 
---paths: the variants to run, from bpftrace, tp_btf, raw_tracepoint,
-tracepoint and kprobe (default: bpftrace and the three tracepoint paths, the
-set drop_cost.json holds). `all` is every attach path this kernel has, plus
+--paths: the variants to run, from bpftrace, empty, tp_btf, raw_tracepoint,
+tracepoint and kprobe (default: bpftrace, empty and the three tracepoint
+paths, the set drop_cost.json holds). `all` is every attach path this kernel has, plus
 bpftrace if it attaches here; the others are listed under "unavailable" with
 the reason. --together attaches every variant once for all rounds, so each
 round's flood runs every program on the same drops (under TCG one load takes
@@ -33,7 +35,8 @@ import subprocess
 import sys
 import time
 
-from benchlib import ROUNDS, BpfStats, build_flood, flood, noports, one_line_parser, rounded, spread, write_result
+from benchlib import (ROUNDS, BpfStats, EmptyProgramOnKfreeSkb, build_flood, flood, noports, one_line_parser, rounded,
+                      spread, write_result)
 
 from lab import Namespace  # noqa: E402 (tests/ on sys.path via benchlib)
 from timescale import scaled  # noqa: E402
@@ -46,7 +49,9 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
 BPFTRACE = "tracepoint:skb:kfree_skb { @[args->reason] = count(); }"
 NETAGENT_PATHS = ("tp_btf", "raw_tracepoint", "tracepoint")
 ALL_NETAGENT_PATHS = NETAGENT_PATHS + ("kprobe",)
-DEFAULT_VARIANTS = ("bpftrace",) + NETAGENT_PATHS
+# not netagent: the peer counter, and an empty program (the floor of run_time_ns / run_cnt)
+REFERENCES = ("bpftrace", "empty")
+DEFAULT_VARIANTS = REFERENCES + NETAGENT_PATHS
 TARGET_RATIO = 0.8
 
 
@@ -152,6 +157,11 @@ def round_bpftrace(ns, binary: str) -> dict:
         return dict(measure(fd, ns, binary), program=prog_stats(fd).name)
 
 
+def round_empty(ns, binary: str) -> dict:
+    with EmptyProgramOnKfreeSkb() as empty:
+        return measure(empty.prog, ns, binary)
+
+
 def rounds_together(variants: list[str], ns, binary: str, unavailable: dict) -> dict[str, list[dict]]:
     """Every variant attached at once, for all rounds: each drop runs each program, so a round's
     ratios compare the programs over the very same drops (attach once: under TCG a load takes
@@ -163,8 +173,10 @@ def rounds_together(variants: list[str], ns, binary: str, unavailable: dict) -> 
                 if v == "bpftrace":
                     fds[v] = stack.enter_context(bpftrace_attached())
                     print(f"bpftrace: program {prog_stats(fds[v]).name}", flush=True)
+                elif not is_netagent(v):
+                    fds[v] = stack.enter_context(EmptyProgramOnKfreeSkb()).prog
                 else:
-                    sensor, _ = attach_netagent(v.split()[-1])
+                    sensor, _ = attach_netagent(variant_of(v))
                     stack.callback(sensor.detach)
                     sensors[v], fds[v] = sensor, sensor.prog_fd
             except Unavailable as exc:
@@ -186,7 +198,7 @@ def rounds_together(variants: list[str], ns, binary: str, unavailable: dict) -> 
 def parse_args(argv) -> argparse.Namespace:
     p = one_line_parser("drop_cost_bench")
     p.add_argument("--paths", default=",".join(DEFAULT_VARIANTS),
-                   help="all, or a comma list of: bpftrace, " + ", ".join(ALL_NETAGENT_PATHS))
+                   help="all, or a comma list of: " + ", ".join(REFERENCES + ALL_NETAGENT_PATHS))
     p.add_argument("--json-out", metavar="FILE", help="write the result here instead of bench/results/drop_cost.json")
     p.add_argument("--together", action="store_true",
                    help="attach every variant once, for all rounds, instead of each alone in every round")
@@ -197,24 +209,37 @@ def parse_args(argv) -> argparse.Namespace:
         args.variants, args.required = tuple(v.strip() for v in args.paths.split(",") if v.strip()), True
         unknown = [v for v in args.variants if v not in DEFAULT_VARIANTS + ALL_NETAGENT_PATHS]
         if unknown or not args.variants:
-            p.error(f"--paths {args.paths!r}: choose all or from bpftrace, {', '.join(ALL_NETAGENT_PATHS)}")
+            p.error(f"--paths {args.paths!r}: choose all or from {', '.join(REFERENCES + ALL_NETAGENT_PATHS)}")
     return args
 
 
 def run_variant(variant: str, ns, binary: str) -> dict:
     if variant == "bpftrace":
         return round_bpftrace(ns, binary)
+    if variant == "empty":
+        return round_empty(ns, binary)
     return round_netagent(variant, ns, binary)
 
 
+_LABELS = {"bpftrace": "bpftrace", "empty": "empty program"}
+
+
 def label(variant: str) -> str:
-    return variant if variant == "bpftrace" else f"netagent {variant}"
+    return _LABELS.get(variant, f"netagent {variant}")
+
+
+def variant_of(label_: str) -> str:
+    return {v: k for k, v in _LABELS.items()}.get(label_) or label_.split()[-1]
+
+
+def is_netagent(label_: str) -> bool:
+    return label_.startswith("netagent ")
 
 
 def per_round_ratios(rounds: dict[str, list[dict]], reference: str) -> dict:
     """Each variant's ns per drop over `reference`'s in the same round: noise common to a round cancels."""
     return {v: rounded(spread(a["ns_per_drop"] / b["ns_per_drop"] for a, b in zip(rs, rounds[reference])), 3)
-            for v, rs in rounds.items() if v != reference}
+            for v, rs in rounds.items() if v != reference and is_netagent(v)}
 
 
 def main(argv=None) -> int:
@@ -241,7 +266,7 @@ def main(argv=None) -> int:
                 order = variants[i % len(variants):] + variants[:i % len(variants)]
                 for v in order:
                     try:
-                        r = run_variant(v.split()[-1], ns, binary)
+                        r = run_variant(variant_of(v), ns, binary)
                     except Unavailable as exc:
                         # Only the first round may find a variant missing; later it is a failure.
                         if args.required or i > 0:
@@ -259,11 +284,11 @@ def main(argv=None) -> int:
                     rounds = {v: rs for v, rs in rounds.items() if v not in unavailable}
     finally:
         ns.delete()
-    if not any(v != "bpftrace" for v in rounds):
+    if not any(is_netagent(v) for v in rounds):
         print(f"drop_cost_bench: no netagent attach path ran here: {unavailable}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     cost = {v: rounded(spread(r["ns_per_drop"] for r in rs), 1) for v, rs in rounds.items()}
-    fastest = min((v for v in cost if v != "bpftrace"), key=lambda v: cost[v]["median"])
+    fastest = min((v for v in cost if is_netagent(v)), key=lambda v: cost[v]["median"])
     ratios_fastest = per_round_ratios(rounds, fastest)
     ratios_fastest[fastest] = rounded(spread([1.0] * ROUNDS), 3)
     result = {
@@ -272,12 +297,12 @@ def main(argv=None) -> int:
         "rounds": ROUNDS, "seconds_per_round": SECONDS,
         "method": ("all variants attached at once; each round one flood" if args.together
                    else "each variant alone, attached per round, in rotating order"),
-        "attach_paths": {v: rs[0]["attach_path"] for v, rs in rounds.items() if v != "bpftrace"},
+        "attach_paths": {v: rs[0]["attach_path"] for v, rs in rounds.items() if is_netagent(v)},
         "unavailable": unavailable,
         "ns_per_drop": cost,
         "fastest_netagent_path": fastest,
-        "ratio_to_fastest": {v: ratios_fastest[v] for v in cost if v != "bpftrace"},
-        "exact_all_rounds": {v: all(r["exact"] for r in rs) for v, rs in rounds.items() if v != "bpftrace"},
+        "ratio_to_fastest": {v: ratios_fastest[v] for v in cost if is_netagent(v)},
+        "exact_all_rounds": {v: all(r["exact"] for r in rs) for v, rs in rounds.items() if is_netagent(v)},
         "rounds_detail": rounds,
     }
     if os.environ.get("NETAGENT_VM"):

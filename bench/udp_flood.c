@@ -1,5 +1,8 @@
-/* UDP flood for the drop benchmark: sendmmsg() batches to ADDR:PORT for
- * SECONDS, then prints the number of datagrams the kernel accepted.
+/* UDP flood for the drop benchmarks: sendmmsg() batches to ADDR:PORT for
+ * SECONDS, then prints the number of datagrams the kernel accepted and the
+ * seconds the sending took ("SENT SECONDS"). On stderr, one line per 100 ms
+ * window: the datagrams accepted in that window (drops_bench.py reads the
+ * rate the flood holds in its undisturbed windows from them).
  * usage: udp_flood ADDR PORT SECONDS */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -10,6 +13,7 @@
 #include <time.h>
 
 #define BATCH 64
+#define WINDOW 0.1   /* seconds */
 
 static double now(void)
 {
@@ -38,13 +42,19 @@ int main(int argc, char **argv)
         msgs[i].msg_hdr.msg_iov = &iov;
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
-    double end = now() + atof(argv[3]);
-    unsigned long long sent = 0;
-    while (now() < end) {
+    double start = now(), end = start + atof(argv[3]), window_end = start + WINDOW, t = start;
+    unsigned long long sent = 0, window_start = 0;
+    while (t < end) {
         int n = sendmmsg(fd, msgs, BATCH, 0);
         if (n > 0)
             sent += n;
+        t = now();
+        if (t >= window_end) {
+            fprintf(stderr, "%llu\n", sent - window_start);
+            window_start = sent;
+            window_end += WINDOW;
+        }
     }
-    printf("%llu\n", sent);
+    printf("%llu %.6f\n", sent, t - start);
     return 0;
 }

@@ -10,7 +10,7 @@ BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench")
 
 
 @pytest.mark.parametrize("script, args, says", [
-    ("drop_cost_bench.py", ["--paths", "fentry"], "--paths 'fentry': choose all or from bpftrace, tp_btf"),
+    ("drop_cost_bench.py", ["--paths", "fentry"], "--paths 'fentry': choose all or from bpftrace, empty, tp_btf"),
     ("drop_cost_bench.py", ["--paths", ","], "--paths ',': choose"),
     ("vm_drop_cost_bench.py", ["--kernels", "5.4"], "--kernels: choose from 6.1, 6.12"),
 ])
