@@ -14,8 +14,11 @@ Attach kinds:
                   BPF_TRACE_RAW_TP): plain loads from typed arguments
   raw_tracepoint  untyped raw tracepoint
   tracepoint      classic tracepoint (a perf event)
-  kprobe          kprobe on a kernel function (a perf event)
-Closing the returned link descriptor detaches the program.
+  kprobe          kprobe on a kernel function's entry (a perf event of the
+  kretprobe       kprobe PMU) or return, attached with bpfsys.kprobe_open
+Closing the returned link descriptor detaches the program. One spec may
+carry more programs of the same object (`more`: kprobes and kretprobes
+sharing its maps, as the conntrack sensor's are).
 """
 
 import array
@@ -75,6 +78,9 @@ class ProgramSpec:
     # Map writes done before attaching, so the program never runs half set up:
     # {"map": name, "key": u32, "value": hex} or {"map": name, "key": u32, "map_fd": other map}
     setup: list[dict] = field(default_factory=list)
+    # Further programs of the same object, each [kind, function, program] with kind kprobe or
+    # kretprobe, attached after the first; their descriptors are LoadedProgram.more_fds
+    more: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -86,15 +92,20 @@ class LoadedProgram:
     link_fd: int
     maps: dict[str, bpfsys.RawMap]
     child_seconds: float = 0.0
+    # spec.more's (program fd, link fd) pairs, in order, back to back
+    more_fds: list[int] = field(default_factory=list)
 
     def close(self) -> None:
-        for fd in [self.link_fd, self.prog_fd] + [m.fd for m in self.maps.values()]:
+        # links first: a program is detached before anything it uses goes
+        for fd in [self.link_fd, *self.more_fds[1::2], self.prog_fd, *self.more_fds[0::2]] + [
+                m.fd for m in self.maps.values()]:
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
         self.link_fd = self.prog_fd = -1
+        self.more_fds = []
         self.maps = {}
 
 
@@ -158,7 +169,7 @@ def _load_in_child(spec: ProgramSpec) -> tuple[LoadedProgram, dict | None]:
     for name, info in message["maps"].items():
         maps[name] = bpfsys.RawMap(fds[info["fd_index"]], info["key_size"], info["value_size"],
                                    info["max_entries"], per_cpu=info["type"] in _PER_CPU_MAP_TYPES, name=name)
-    return LoadedProgram(spec.attach, fds[0], fds[1], maps), message.get("record")
+    return LoadedProgram(spec.attach, fds[0], fds[1], maps, more_fds=fds[2 + len(maps):]), message.get("record")
 
 
 def _receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
@@ -240,11 +251,25 @@ def _attach(bpf, spec: ProgramSpec) -> tuple[int, int]:
     if spec.attach == "tracepoint":
         bpf.attach_tracepoint(tp=spec.target.encode(), fn_name=name)
         return bpf.funcs[name].fd, bpf.tracepoint_fds[spec.target.encode()]
-    if spec.attach == "kprobe":
-        bpf.attach_kprobe(event=spec.target.encode(), fn_name=name)
-        fds = next(v for k, v in bpf.kprobe_fds.items() if spec.target.encode() in k)
-        return bpf.funcs[name].fd, fds[name]
+    if spec.attach in _KPROBE_KINDS:
+        return _attach_kprobe(bpf.load_func(name, bpf.KPROBE).fd, spec.attach, spec.target)
     raise ProbeUnavailable(f"unknown attach kind {spec.attach!r}")
+
+
+_KPROBE_KINDS = ("kprobe", "kretprobe")
+
+
+def _attach_kprobe(prog_fd: int, kind: str, function: str) -> tuple[int, int]:
+    """(program fd, perf event fd): the same attach whether the program was compiled
+    just now or comes from the bytecode cache (BCC's own attach would, for a return
+    probe with a maxactive, define a tracefs event that outlives this child)."""
+    if kind not in _KPROBE_KINDS:
+        raise ProbeUnavailable(f"unknown attach kind {kind!r} for {function}")
+    try:
+        return prog_fd, bpfsys.kprobe_open(prog_fd, function, retprobe=kind == "kretprobe")
+    except OSError as exc:
+        raise ProbeUnavailable(f"attaching {'a return probe to' if kind == 'kretprobe' else 'a kprobe to'} "
+                               f"{exc.strerror}") from None
 
 
 def _child(sock_fd: int) -> int:
@@ -267,9 +292,13 @@ def _child(sock_fd: int) -> int:
                 value = bytes.fromhex(write["value"])
             target.update(key, value)
         prog_fd, link_fd = _attach(bpf, spec)
-        fds = [prog_fd, link_fd] + [maps[n] for n in spec.maps]
+        more_fds = []
+        for kind, function, program in spec.more:
+            more_fds += _attach_kprobe(bpf.load_func(program.encode(), bpf.KPROBE).fd, kind, function)
+        fds = [prog_fd, link_fd] + [maps[n] for n in spec.maps] + more_fds
         meta = {n: dict(map_info(maps[n]), fd_index=2 + i) for i, n in enumerate(spec.maps)}
-        record = _record(bpf.dump_func(spec.program.encode()), spec, maps) if spec.attach in _CACHEABLE else None
+        record = _record([bpf.dump_func(p.encode()) for p in [spec.program] + [m[2] for m in spec.more]],
+                         spec, maps) if cacheable(spec) else None
         sock.sendmsg([json.dumps({"ok": True, "maps": meta, "record": record}).encode()],
                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
     except CompileError as exc:  # clang's diagnostics are on our stderr, a pipe to the parent
@@ -290,7 +319,7 @@ def _child(sock_fd: int) -> int:
 # loads in a few milliseconds, without a compiler, without the child process.
 # Only for the attach kinds loadable with bpf(2) alone.
 
-_CACHEABLE = ("tp_btf", "raw_tracepoint")
+_CACHEABLE = ("tp_btf", "raw_tracepoint") + _KPROBE_KINDS
 _LD_IMM64 = 0x18
 _PSEUDO_MAP_FD = 1
 _MAP_OF_MAPS_TYPES = {12, 13}  # BPF_MAP_TYPE_ARRAY_OF_MAPS, HASH_OF_MAPS
@@ -301,24 +330,33 @@ def _fd_name_flags(fd: int) -> tuple[str, int]:
     return raw[24:40].split(b"\0", 1)[0].decode(), int.from_bytes(raw[20:24], "little")
 
 
-def _record(insns: bytes, spec: ProgramSpec, named: dict[str, int]) -> dict | None:
-    """What _load_cached needs to rebuild this program without BCC; None if it cannot.
+def cacheable(spec: ProgramSpec) -> bool:
+    """Whether `spec` can be loaded from the cache: attached with bpf(2) and perf events alone."""
+    return spec.attach in _CACHEABLE and all(kind in _KPROBE_KINDS for kind, _, _ in spec.more)
+
+
+def _record(programs: list[bytes], spec: ProgramSpec, named: dict[str, int]) -> dict | None:
+    """What _load_cached needs to rebuild these programs (spec.program, then spec.more's)
+    and the maps they share without BCC; None if it cannot.
     `named`: fds of the maps user space wants (some the program never references)."""
     maps: dict[int, dict] = {}
-    relocs = []
-    for i in range(0, len(insns), 8):
-        if insns[i] != _LD_IMM64:
-            continue
-        src = insns[i + 1] >> 4
-        if src == 0:
-            continue
-        if src != _PSEUDO_MAP_FD:
-            return None
-        fd = int.from_bytes(insns[i + 4:i + 8], "little", signed=True)
-        if fd not in maps:
-            name, flags = _fd_name_flags(fd)
-            maps[fd] = dict(map_info(fd), name=name, flags=flags)
-        relocs.append([i // 8, maps[fd]["name"]])
+    relocs_of = []
+    for insns in programs:
+        relocs = []
+        for i in range(0, len(insns), 8):
+            if insns[i] != _LD_IMM64:
+                continue
+            src = insns[i + 1] >> 4
+            if src == 0:
+                continue
+            if src != _PSEUDO_MAP_FD:
+                return None
+            fd = int.from_bytes(insns[i + 4:i + 8], "little", signed=True)
+            if fd not in maps:
+                name, flags = _fd_name_flags(fd)
+                maps[fd] = dict(map_info(fd), name=name, flags=flags)
+            relocs.append([i // 8, maps[fd]["name"]])
+        relocs_of.append(relocs)
     for fd in named.values():
         if fd not in maps:
             name, flags = _fd_name_flags(fd)
@@ -334,33 +372,56 @@ def _record(insns: bytes, spec: ProgramSpec, named: dict[str, int]) -> dict | No
             m["inner"] = templates[m["name"]]
     # templates first: a map of maps is created from its inner map's fd
     ordered = sorted(maps.values(), key=lambda m: m["type"] in _MAP_OF_MAPS_TYPES)
-    return {"insns": insns.hex(), "maps": ordered, "relocs": relocs}
+    (insns, *more), (relocs, *more_relocs) = programs, relocs_of
+    return {"insns": insns.hex(), "maps": ordered, "relocs": relocs,
+            "more": [{"insns": i.hex(), "relocs": r} for i, r in zip(more, more_relocs)]}
+
+
+def _relocated(hex_insns: str, relocs: list, fds: dict[str, int]) -> bytes:
+    """A cached program's bytecode with this load's map fds written in."""
+    insns = bytearray.fromhex(hex_insns)
+    for index, name in relocs:
+        insns[index * 8 + 4:index * 8 + 8] = fds[name].to_bytes(4, "little", signed=True)
+    return bytes(insns)
 
 
 def _load_cached(spec: ProgramSpec, record: dict) -> LoadedProgram:
     fds: dict[str, int] = {}
+    programs: list[int] = []  # (program fd, link fd) pairs, the first program's first
     try:
         for m in record["maps"]:
             fds[m["name"]] = bpfsys.map_create(m["type"], m["key_size"], m["value_size"], m["max_entries"],
                                                m["flags"], fds[m["inner"]] if "inner" in m else 0, m["name"])
-        insns = bytearray.fromhex(record["insns"])
-        for index, name in record["relocs"]:
-            insns[index * 8 + 4:index * 8 + 8] = fds[name].to_bytes(4, "little", signed=True)
+        insns = _relocated(record["insns"], record["relocs"], fds)
+        more = record.get("more", [])
+        if len(more) != len(spec.more):
+            raise ValueError("cache entry for another set of programs")
         raw = {n: bpfsys.RawMap(fd, **{k: v for k, v in map_info(fd).items() if k != "type"}) for n, fd in fds.items()}
         for write in spec.setup:
             key = int(write["key"]).to_bytes(raw[write["map"]].key_size, "little")
             value = fds[write["map_fd"]].to_bytes(4, "little") if "map_fd" in write else bytes.fromhex(write["value"])
             raw[write["map"]].update(key, value)
         if spec.attach == "tp_btf":
-            prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, link_kfuncs(bytes(insns), spec.kfuncs),
+            prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, link_kfuncs(insns, spec.kfuncs),
                                     name=spec.program[:15],
                                     expected_attach_type=bpfsys.TRACE_RAW_TP, attach_btf_id=spec.attach_btf_id)
-            link = _closing_on_error(prog, lambda: bpfsys.raw_tracepoint_open(prog))
+            programs += [prog, _closing_on_error(prog, lambda: bpfsys.raw_tracepoint_open(prog))]
+        elif spec.attach in _KPROBE_KINDS:
+            prog = bpfsys.prog_load(bpfsys.PROG_TYPE_KPROBE, insns, name=spec.program[:15])
+            programs += _closing_on_error(prog, lambda: _attach_kprobe(prog, spec.attach, spec.target))
         else:
-            prog = bpfsys.prog_load(bpfsys.PROG_TYPE_RAW_TRACEPOINT, bytes(insns), name=spec.program[:15])
-            link = _closing_on_error(prog, lambda: bpfsys.raw_tracepoint_open(prog, spec.target))
+            prog = bpfsys.prog_load(bpfsys.PROG_TYPE_RAW_TRACEPOINT, insns, name=spec.program[:15])
+            programs += [prog, _closing_on_error(prog, lambda: bpfsys.raw_tracepoint_open(prog, spec.target))]
+        by_name = {spec.program: prog}  # a program on two functions is loaded once, as BCC does
+        for (kind, function, program), entry in zip(spec.more, more):
+            if program in by_name:
+                fd = os.dup(by_name[program])  # each (program, link) pair owns its descriptors
+            else:
+                fd = by_name[program] = bpfsys.prog_load(
+                    bpfsys.PROG_TYPE_KPROBE, _relocated(entry["insns"], entry["relocs"], fds), name=program[:15])
+            programs += _closing_on_error(fd, lambda: _attach_kprobe(fd, kind, function))
     except BaseException:
-        for fd in fds.values():
+        for fd in list(fds.values()) + programs[1::2] + programs[0::2]:
             os.close(fd)
         raise
     keep = {}
@@ -371,7 +432,7 @@ def _load_cached(spec: ProgramSpec, record: dict) -> LoadedProgram:
                                        per_cpu=info["type"] in _PER_CPU_MAP_TYPES, name=name)
         else:
             os.close(fd)  # the program holds its own reference
-    return LoadedProgram(spec.attach, prog, link, keep)
+    return LoadedProgram(spec.attach, programs[0], programs[1], keep, more_fds=programs[2:])
 
 
 def _closing_on_error(fd: int, fn):
@@ -410,7 +471,7 @@ class BytecodeCache:
         return os.path.join(self.directory, f"{spec.stem}-{self.key(spec)[:32]}.json")
 
     def get(self, spec: ProgramSpec) -> dict | None:
-        if spec.attach not in _CACHEABLE:
+        if not cacheable(spec):
             return None
         try:
             with open(self._path(spec)) as f:

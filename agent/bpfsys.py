@@ -51,6 +51,7 @@ PROG_GET_NEXT_ID, PROG_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD = 11, 13, 15
 RAW_TRACEPOINT_OPEN = 17
 MAP_LOOKUP_BATCH, MAP_LOOKUP_AND_DELETE_BATCH = 24, 25
 # enum bpf_prog_type / bpf_attach_type values used here
+PROG_TYPE_KPROBE = 2
 PROG_TYPE_RAW_TRACEPOINT = 17
 PROG_TYPE_TRACING = 26
 TRACE_RAW_TP = 23
@@ -159,6 +160,62 @@ def raw_tracepoint_open(prog_fd: int, name: str | None = None) -> int:
     buf = ctypes.create_string_buffer(name.encode()) if name else None
     attr = _RawTpAttr(name=ctypes.addressof(buf) if buf is not None else 0, prog_fd=prog_fd)
     return bpf(RAW_TRACEPOINT_OPEN, attr)
+
+
+class _KprobeAttr(ctypes.Structure):
+    # struct perf_event_attr up to config2 (PERF_ATTR_SIZE_VER1, 72 bytes); `flags` is the
+    # bitfield word (disabled, inherit, ...), left 0; the kprobe PMU reads the function's
+    # name from config1 (kprobe_func) and the offset into it from config2 (probe_offset)
+    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+                ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
+                ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64), ("wakeup_events", ctypes.c_uint32),
+                ("bp_type", ctypes.c_uint32), ("kprobe_func", ctypes.c_uint64), ("probe_offset", ctypes.c_uint64)]
+
+
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+# include/uapi/linux/perf_event.h: _IOW('$', 8, __u32) and _IO('$', 0)
+PERF_EVENT_IOC_SET_BPF, PERF_EVENT_IOC_ENABLE = 0x40042408, 0x2400
+PERF_FLAG_FD_CLOEXEC = 8
+
+
+def _kprobe_pmu(retprobe: bool) -> tuple[int, int]:
+    """(perf type, config) of the kernel's kprobe PMU (Linux 4.17+); OSError where there is none."""
+    with open(os.path.join(KPROBE_PMU, "type")) as f:
+        pmu_type = int(f.read())
+    config = 0
+    if retprobe:
+        with open(os.path.join(KPROBE_PMU, "format", "retprobe")) as f:
+            config = 1 << int(f.read().strip().split(":", 1)[1])  # "config:0": the bit that asks for a return probe
+    return pmu_type, config
+
+
+def kprobe_open(prog_fd: int, function: str, retprobe: bool = False) -> int:
+    """Attach a BPF_PROG_TYPE_KPROBE program to `function`'s entry (or return) through
+    the kprobe PMU, as BCC and libbpf do on current kernels: nothing is written to
+    tracefs. Returns the perf event fd; closing it detaches the program and removes
+    the kprobe. The kernel's default maxactive applies to a return probe."""
+    import fcntl
+
+    try:
+        pmu_type, config = _kprobe_pmu(retprobe)
+    except (OSError, ValueError, IndexError):
+        raise OSError(errno.ENOENT, f"{function}: no kprobe PMU here ({KPROBE_PMU}; Linux 4.17+)") from None
+    name = ctypes.create_string_buffer(function.encode())
+    attr = _KprobeAttr(type=pmu_type, size=ctypes.sizeof(_KprobeAttr), config=config, sample_period=1,
+                       wakeup_events=1, kprobe_func=ctypes.addressof(name))
+    # pid -1, cpu 0: a kprobe's program runs for every task on every CPU whatever the event's CPU
+    fd = _libc.syscall(current_arch().sys_perf_event_open, ctypes.byref(attr), ctypes.c_int(-1), ctypes.c_int(0),
+                       ctypes.c_int(-1), ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{function}: {os.strerror(err)}")
+    try:
+        fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
+        fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
+    except OSError:
+        os.close(fd)
+        raise
+    return int(fd)
 
 
 # -- maps ----------------------------------------------------------------------------

@@ -12,11 +12,13 @@ Two layers:
   joined to the counter rises instead, and the events say so.
 """
 
-import ctypes
 import ipaddress
 import os
+import struct
 import time
+from collections import namedtuple
 
+from netagent import bpfchild
 from netagent import netns as netns_mod
 from netagent.bccloader import compile_program, import_bcc
 from netagent.btf import BtfError, kernel_btf
@@ -49,10 +51,13 @@ PER_PACKET_MODES = ("auto", "kprobe", "correlation", "off")
 COUNTER_MODES = ("always", "changes", "never")
 MAX_FLOWS = 4096
 REDISCOVER_SECONDS = 5.0
-KRETPROBE_MAXACTIVE = 64  # concurrent returns tracked per probe; more are counted as missed
-# BCC sets a kretprobe's maxactive only through this file (the kprobe PMU has no field for it)
-# BCC writes kprobe_events in the first of these that exists (libbpf.c's tracefs path)
-BCC_TRACING_DIRS = ("/sys/kernel/debug/tracing", "/sys/kernel/tracing")
+# struct ct_flow and struct ct_count of conntrack.bpf.c, as the maps hold them
+CT_FLOW = struct.Struct("<IBBH4I4IHH")
+CT_COUNT = struct.Struct("<QQQ")
+CtFlow = namedtuple("CtFlow", "netns kind l4 l3 saddr daddr sport dport")
+# the maps user space keeps: the two flow buffers, the slot that says which one the programs
+# fill, and the loss and hit counters
+KPROBE_MAPS = ["flows_a", "flows_b", "active_flows", "lost", "hits"]
 
 KIND_ACTIONS = {1: "insert-failed", 2: "clash-resolved", 3: "table-full", 4: "table-full"}
 KIND_OUTCOMES = {1: "dropped", 2: "merged", 3: "dropped", 4: "evicted-other-entry"}
@@ -199,21 +204,6 @@ class KprobePlan:
         return ", ".join(f"{kind} {fn}" for kind, fn, _ in self.probes)
 
 
-def bcc_kprobe_events(tracing_dirs=BCC_TRACING_DIRS) -> str:
-    """The kprobe_events file BCC's legacy (tracefs) attach writes."""
-    found = next((d for d in tracing_dirs if os.path.exists(d)), tracing_dirs[-1])
-    return os.path.join(found, "kprobe_events")
-
-
-def kretprobe_maxactive(events_file: str | None = None) -> int:
-    """maxactive for the kretprobes. With maxactive set, BCC must write tracefs'
-    kprobe_events, and where that file is read-only (the systemd unit's
-    ReadOnlyPaths=/sys, seen on the Debian node: "Read-only file system") the attach
-    fails. 0 lets the kprobe PMU attach them with the kernel's default (at least
-    2 x CPUs); returns it misses are still counted (entries vs returns, `hits`)."""
-    return KRETPROBE_MAXACTIVE if os.access(events_file or bcc_kprobe_events(), os.W_OK) else 0
-
-
 def symbol_counts(names: set[str], text: str | None = None) -> dict[str, int]:
     """How many text symbols in /proc/kallsyms (or `text`) carry each name."""
     if text is None:
@@ -253,8 +243,30 @@ def build_macros(plan: KprobePlan, btf, filter_netns: int = 0, max_flows: int = 
 
 
 def compile_probes(macros: dict):
-    """The compiled (not yet attached) BPF object for conntrack.bpf.c."""
+    """The compiled (not yet attached) BPF object for conntrack.bpf.c (tests of the verifier;
+    the sensor loads through bpfchild, out of this process)."""
     return compile_program("conntrack", macros)
+
+
+def kprobe_spec(plan: KprobePlan, macros: dict) -> bpfchild.ProgramSpec:
+    """Every program of the plan, sharing conntrack.bpf.c's maps, as one spec for the loader
+    (compiled in its child process, or loaded from the bytecode cache on a restart). The
+    first buffer is active before any program is attached."""
+    (kind, function, program), *more = plan.probes
+    return bpfchild.ProgramSpec("conntrack", program, kind, function, macros, maps=list(KPROBE_MAPS),
+                                setup=[{"map": "active_flows", "key": 0, "map_fd": "flows_a"}],
+                                more=[list(p) for p in more])
+
+
+def unpack_flow(raw: bytes) -> CtFlow:
+    f = CT_FLOW.unpack(raw)
+    return CtFlow(f[0], f[1], f[2], f[3], f[4:8], f[8:12], f[12], f[13])
+
+
+def per_cpu_sum(table: "bpfchild.bpfsys.RawMap", index: int) -> int:
+    """A per-CPU u64 array slot summed over the CPUs."""
+    raw = table.lookup(index.to_bytes(4, "little"))
+    return sum(v for (v,) in struct.iter_unpack("<Q", raw)) if raw else 0
 
 
 # --- rendering -------------------------------------------------------------------
@@ -347,8 +359,7 @@ class ConntrackSensor(CounterHandover, Sensor):
         self._full: dict[int, bool] = {}
         self._caveat: str | None = None
         self._next_discovery = 0.0
-        self._bpf = None
-        self._buffers = None
+        self._kprobes: bpfchild.LoadedProgram | None = None  # programs and maps of the kprobe path
         self._active = 0
         self._plan: KprobePlan | None = None
         self._drops = None  # DropSensor of our own in correlation mode
@@ -535,12 +546,11 @@ class ConntrackSensor(CounterHandover, Sensor):
                 self._full[inode] = predecessor._full.get(inode, False)
 
     def _detach_per_packet(self) -> None:
-        if self._bpf is not None:
+        if self._kprobes is not None:
             try:
-                self._bpf.cleanup()
+                self._kprobes.close()
             finally:
-                self._bpf = None
-                self._buffers = None
+                self._kprobes = None
         if self._drops is not None:
             try:
                 self._note_drop_losses()
@@ -691,24 +701,13 @@ class ConntrackSensor(CounterHandover, Sensor):
         require_bpf("attach the conntrack kprobes")
         btf = kernel_btf()
         plan = self._plan or KprobePlan(btf=btf)
-        bpf = compile_probes(build_macros(plan, btf, self._filter_netns()))
-        try:
-            self._buffers = (bpf[b"flows_a"], bpf[b"flows_b"])
-            bpf[b"active_flows"][ctypes.c_int(0)] = ctypes.c_int(self._buffers[0].get_fd())
-            self._active = 0
-            maxactive = kretprobe_maxactive()
-            for kind, function, program in plan.probes:
-                if kind == "kprobe":
-                    bpf.attach_kprobe(event=function, fn_name=program)
-                else:
-                    bpf.attach_kretprobe(event=function, fn_name=program, maxactive=maxactive)
-        except BaseException as exc:
-            bpf.cleanup()
-            self._buffers = None
-            if isinstance(exc, Exception) and not isinstance(exc, ProbeUnavailable):
-                raise ProbeUnavailable(f"attaching conntrack kprobes failed: {exc}") from None
-            raise
-        self._bpf = bpf
+        loaded = bpfchild.load(kprobe_spec(plan, build_macros(plan, btf, self._filter_netns())))
+        if loaded.maps["flows_a"].key_size != CT_FLOW.size:
+            loaded.close()
+            raise ProbeUnavailable(f"conntrack.bpf.c flow key is {loaded.maps['flows_a'].key_size} bytes, "
+                                   f"conntrack.py expects {CT_FLOW.size}")
+        self._kprobes = loaded
+        self._active = 0
         self._plan = plan
         return plan.describe()
 
@@ -747,21 +746,22 @@ class ConntrackSensor(CounterHandover, Sensor):
             return self._named(events)
         if self._drops is not None:
             return self._named(self._drops.poll())
-        if self._bpf is None:
+        if self._kprobes is None:
             return []
-        old = self._buffers[self._active]
+        maps = self._kprobes.maps
+        buffers = (maps["flows_a"], maps["flows_b"])
+        old = buffers[self._active]
         self._active ^= 1
-        self._bpf[b"active_flows"][ctypes.c_int(0)] = ctypes.c_int(self._buffers[self._active].get_fd())
-        items = list(old.items())
-        old.clear()
+        # waits out every program still writing into the old buffer (an RCU grace period)
+        maps["active_flows"].update(b"\0\0\0\0", buffers[self._active].fd.to_bytes(4, "little"))
         merged: dict = {}
-        for key, val in items:
-            inode = int(key.netns)
-            if inode not in self._namespaces and not self.watch_all:
+        for raw_key, raw_val in old.drain():
+            key = unpack_flow(raw_key)
+            if key.netns not in self._namespaces and not self.watch_all:
                 continue  # several namespaces named: keep theirs only
-            parts = decode_flow(key)
-            merge(merged, netns=inode, count=int(val.count), start=iso_timestamp(self._to_wall(int(val.first_ns))),
-                  end=iso_timestamp(self._to_wall(int(val.last_ns))), extra_key=(int(key.kind),), **parts)
+            count, first_ns, last_ns = CT_COUNT.unpack(raw_val)
+            merge(merged, netns=key.netns, count=count, start=iso_timestamp(self._to_wall(first_ns)),
+                  end=iso_timestamp(self._to_wall(last_ns)), extra_key=(key.kind,), **decode_flow(key))
         events = []
         for flow_key, flow in merged.items():
             ns = self._namespaces.get(flow.netns)
@@ -780,17 +780,16 @@ class ConntrackSensor(CounterHandover, Sensor):
         return [name(e) for e in events]
 
     def _update_bpf_losses(self):
-        lost = self._bpf[b"lost"]
-        self._lost_full = sum(int(v) for v in lost[ctypes.c_int(0)])
-        self._lost_context = sum(int(v) for v in lost[ctypes.c_int(1)])
-        hits = self._bpf[b"hits"]
+        lost, hits = self._kprobes.maps["lost"], self._kprobes.maps["hits"]
+        self._lost_full = per_cpu_sum(lost, 0)
+        self._lost_context = per_cpu_sum(lost, 1)
         # Returns now against entries one poll ago: a call that entered an
         # interval ago has long returned, so the difference is what kretprobes missed.
         missed = 0
         seen = {}
         for function, (entry, ret) in HIT_PAIRS.items():
-            returns = sum(int(v) for v in hits[ctypes.c_int(ret)])
-            seen[function] = sum(int(v) for v in hits[ctypes.c_int(entry)])
+            returns = per_cpu_sum(hits, ret)
+            seen[function] = per_cpu_sum(hits, entry)
             if function in self._entries_seen and self._probes_return(function):
                 missed += max(0, self._entries_seen[function] - returns)
         self._entries_seen = seen

@@ -6,7 +6,6 @@ one); where kprobes exist (Debian 6.1/6.12 in the VM lab) they are attached.
 nf_conntrack is a module there: these tests load it first (kmod).
 """
 
-import ctypes
 import ipaddress
 import os
 import subprocess
@@ -15,6 +14,7 @@ import sys
 import pytest
 
 from kmod import ensure_nf_conntrack
+from netagent import bpfchild, bpfsys
 from netagent.btf import FUNC, STRUCT, kernel_btf, module_btf_names
 from netagent.probes import conntrack as ct
 from timescale import scaled
@@ -70,28 +70,35 @@ def test_argument_positions_and_offsets_come_from_this_kernels_btf():
         assert 0 <= offsets[name] < tuple_size
 
 
+def kept_maps(bpf) -> dict:
+    """The maps the sensor keeps (ct.KPROBE_MAPS) of a BCC object, as the loader hands them over."""
+    out = {}
+    for name in ct.KPROBE_MAPS:
+        fd = bpf[name.encode()].get_fd()
+        info = bpfchild.map_info(fd)
+        out[name] = bpfsys.RawMap(fd, info["key_size"], info["value_size"], info["max_entries"],
+                                  per_cpu=info["type"] == 6, name=name)  # 6: BPF_MAP_TYPE_PERCPU_ARRAY
+    return out
+
+
 def test_flows_written_by_the_kernel_side_are_drained_and_rendered(bpf):
     """Fill the active buffer the way the programs do and flush it through the sensor."""
     sensor = ct.ConntrackSensor(per_packet="off")
-    sensor._bpf = bpf
-    sensor._buffers = (bpf[b"flows_a"], bpf[b"flows_b"])
-    bpf[b"active_flows"][ctypes.c_int(0)] = ctypes.c_int(sensor._buffers[0].get_fd())
+    maps = kept_maps(bpf)
+    maps["active_flows"].update(b"\0" * 4, maps["flows_a"].fd.to_bytes(4, "little"))
+    sensor._kprobes = bpfchild.LoadedProgram("kprobe", -1, -1, maps)
     sensor.watch_all = True
-    table = bpf[b"flows_a"]
-    key = table.Key()
-    key.netns, key.kind, key.l3, key.l4 = 4026531840, 1, ct.AF_INET, 17
-    key.saddr[0] = int.from_bytes(ipaddress.ip_address("10.9.0.1").packed, "little")
-    key.daddr[0] = int.from_bytes(ipaddress.ip_address("10.9.0.2").packed, "little")
-    key.sport, key.dport = 5353, 53
-    val = table.Leaf()
-    val.count, val.first_ns, val.last_ns = 7, 1, 2
-    table[key] = val
+    assert maps["flows_a"].key_size == ct.CT_FLOW.size  # the layout conntrack.py unpacks
+    saddr = int.from_bytes(ipaddress.ip_address("10.9.0.1").packed, "little")
+    daddr = int.from_bytes(ipaddress.ip_address("10.9.0.2").packed, "little")
+    maps["flows_a"].update(ct.CT_FLOW.pack(4026531840, 1, 17, ct.AF_INET, saddr, 0, 0, 0, daddr, 0, 0, 0, 5353, 53),
+                           ct.CT_COUNT.pack(7, 1, 2))
     events = sensor._drain_per_packet(now=None)
     assert len(events) == 1
     ev = events[0]
     assert ev["event"]["action"] == "insert-failed" and ev["netagent"]["conntrack"]["count"] == 7
     assert ev["source"] == {"ip": "10.9.0.1", "port": 5353} and ev["destination"] == {"ip": "10.9.0.2", "port": 53}
-    assert len(table) == 0  # drained and cleared
+    assert maps["flows_a"].keys() == []  # drained and cleared
     assert sensor._drain_per_packet(now=None) == []  # the other buffer is empty
     assert sensor.losses() == {"kernel": 0}
 
@@ -140,6 +147,65 @@ def test_kprobes_attach_where_the_kernel_has_them():
         assert sensor.poll() is not None
     finally:
         sensor.detach()
+
+
+KPROBES_OUT_OF_PROCESS = """
+import json, sys
+from netagent import bpfchild, bpfsys
+from netagent.bpfinfo import prog_stats
+from netagent.probes import conntrack as ct
+
+def ours():
+    names = json.loads(sys.argv[1])  # every program in conntrack.bpf.c
+    found = []
+    for prog_id in bpfsys.prog_ids():
+        try:
+            fd = bpfsys.prog_fd_by_id(prog_id)
+        except OSError:
+            continue
+        try:
+            if prog_stats(fd).name in {n[:15] for n in names}:
+                found.append(prog_stats(fd).name)
+        finally:
+            import os; os.close(fd)
+    return found
+
+out = {"before": ours(), "runs": []}
+for _ in range(2):
+    sensor = ct.ConntrackSensor(per_packet="kprobe")
+    path = sensor.attach()
+    maps = open("/proc/self/maps").read()
+    out["runs"].append({"path": path, "hits": bpfchild.bytecode_cache.hits, "attached": sorted(ours()),
+                        "plan": sorted({p[:15] for _, _, p in sensor._plan.probes}),
+                        "bcc": "bcc" in sys.modules,
+                        "llvm": "libLLVM" in maps or "libclang" in maps or "libbcc" in maps})
+    sensor.poll()
+    sensor.detach()
+out["after"] = ours()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(ct.kprobes_unavailable_reason() is not None,
+                    reason=str(ct.kprobes_unavailable_reason()))
+def test_kprobes_load_out_of_process_and_a_restart_loads_them_from_the_cache(tmp_path):
+    """The agent never maps LLVM for the conntrack kprobes (they are compiled in the loader's
+    child process), a second attach loads every program from the bytecode cache, and a
+    detach leaves none of them in the kernel."""
+    import json
+
+    env = dict(os.environ, NETAGENT_CACHE_DIR=str(tmp_path))  # empty: the first attach compiles
+    run = subprocess.run([sys.executable, "-c", KPROBES_OUT_OF_PROCESS, json.dumps(PROGRAMS)], capture_output=True,
+                         text=True, env=env,
+                         timeout=scaled(600))
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.splitlines()[-1])
+    first, second = out["runs"]
+    assert "kretprobe __nf_conntrack_confirm" in first["path"] and second["path"] == first["path"]
+    assert (first["hits"], second["hits"]) == (0, 1)
+    for attach in (first, second):
+        assert attach["attached"] == attach["plan"] and not attach["bcc"] and not attach["llvm"]
+    assert out["after"] == out["before"] == []
 
 
 @pytest.mark.skipif(ct.kprobes_unavailable_reason() is not None,
