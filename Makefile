@@ -23,7 +23,7 @@ test-kernels: setup
 # netagent as a user runs it: the .deb installed by apt on a Debian 12 VM with
 # systemd as PID 1, one boot, every check (tests/node, docs/daemon.md "The node").
 test-node: setup
-	NETAGENT_NODE_TESTS=1 $(PY) -m pytest -ra tests/node $(PYTEST_ARGS)
+	$(PY) -m pytest -ra tests/node $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/run_all.py

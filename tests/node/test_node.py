@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+import nodesession
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KERNEL = os.environ.get("NETAGENT_NODE_KERNEL", "6.1")
 
@@ -26,13 +28,6 @@ KERNEL = os.environ.get("NETAGENT_NODE_KERNEL", "6.1")
 # TCG) and the session; node-boot kills the VM after NODE_VM_TIMEOUT.
 NODE_VM_TIMEOUT = 3600
 pytestmark = [pytest.mark.root, pytest.mark.timeout(NODE_VM_TIMEOUT + 1200)]
-
-
-def node_command() -> list[str]:
-    runner = os.path.join(REPO, "packaging", "vm", "run")
-    if os.access(runner, os.X_OK):
-        return [runner, "--kernel", KERNEL, "--node", "--"]
-    return [os.path.join(REPO, "packaging", "vm", "node-boot"), "--kernel", KERNEL, "--"]
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +43,18 @@ def node(tmp_path_factory):
             line = next((x for x in f.read().splitlines() if x.startswith("NODE-RESULTS ")), None)
         assert line, f"{saved}: no NODE-RESULTS line"
         return json.loads(line[len("NODE-RESULTS "):])
-    start = time.monotonic()
-    r = subprocess.run([*node_command(), "python3", os.path.join(REPO, "tests", "node", "node_checks.py")],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=NODE_VM_TIMEOUT + 1100, cwd=REPO)
-    sys.stderr.write(r.stderr[-20000:])
+    session = nodesession.BACKGROUND[0] if nodesession.BACKGROUND else nodesession.NodeSession(
+        str(tmp_path_factory.mktemp("node-session")))
+    code, stdout, stderr = session.wait(NODE_VM_TIMEOUT + 1100)
+    sys.stderr.write(stderr[-20000:])
     saved_to = tmp_path_factory.mktemp("node") / "record.txt"
-    saved_to.write_text(r.stdout)
+    saved_to.write_text(stdout)
     sys.stderr.write(f"node session record: {saved_to} (NETAGENT_NODE_RECORD={saved_to} replays it)\n")
-    line = next((x for x in r.stdout.splitlines() if x.startswith("NODE-RESULTS ")), None)
-    assert r.returncode == 0 and line, f"node session failed (exit {r.returncode}):\n{r.stderr[-6000:]}"
+    line = next((x for x in stdout.splitlines() if x.startswith("NODE-RESULTS ")), None)
+    assert code == 0 and line, f"node session failed (exit {code}):\n{stderr[-6000:]}"
     rec = json.loads(line[len("NODE-RESULTS "):])
-    rec["wall_seconds"] = round(time.monotonic() - start, 1)
-    rec["stderr"] = r.stderr
+    rec["wall_seconds"] = round(time.monotonic() - session.started, 1)
+    rec["stderr"] = stderr
     return rec
 
 
