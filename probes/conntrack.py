@@ -263,10 +263,10 @@ def unpack_flow(raw: bytes) -> CtFlow:
     return CtFlow(f[0], f[1], f[2], f[3], f[4:8], f[8:12], f[12], f[13])
 
 
-def per_cpu_sum(table: "bpfchild.bpfsys.RawMap", index: int) -> int:
-    """A per-CPU u64 array slot summed over the CPUs."""
-    raw = table.lookup(index.to_bytes(4, "little"))
-    return sum(v for (v,) in struct.iter_unpack("<Q", raw)) if raw else 0
+def per_cpu_totals(table: "bpfchild.bpfsys.RawMap") -> dict[int, int]:
+    """Each slot of a per-CPU u64 array, summed over the CPUs (the whole array in one read)."""
+    return {int.from_bytes(key, "little"): sum(int.from_bytes(v, "little") for v in table.per_cpu_values(value))
+            for key, value in table.read_all()}
 
 
 # --- rendering -------------------------------------------------------------------
@@ -780,16 +780,16 @@ class ConntrackSensor(CounterHandover, Sensor):
         return [name(e) for e in events]
 
     def _update_bpf_losses(self):
-        lost, hits = self._kprobes.maps["lost"], self._kprobes.maps["hits"]
-        self._lost_full = per_cpu_sum(lost, 0)
-        self._lost_context = per_cpu_sum(lost, 1)
+        lost, hits = per_cpu_totals(self._kprobes.maps["lost"]), per_cpu_totals(self._kprobes.maps["hits"])
+        self._lost_full = lost.get(0, 0)
+        self._lost_context = lost.get(1, 0)
         # Returns now against entries one poll ago: a call that entered an
         # interval ago has long returned, so the difference is what kretprobes missed.
         missed = 0
         seen = {}
         for function, (entry, ret) in HIT_PAIRS.items():
-            returns = per_cpu_sum(hits, ret)
-            seen[function] = per_cpu_sum(hits, entry)
+            returns = hits.get(ret, 0)
+            seen[function] = hits.get(entry, 0)
             if function in self._entries_seen and self._probes_return(function):
                 missed += max(0, self._entries_seen[function] - returns)
         self._entries_seen = seen

@@ -12,7 +12,6 @@ on a 2-core machine at load 14-22 (docs/daemon.md "The node").
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 
@@ -20,8 +19,7 @@ import pytest
 
 import nodesession
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KERNEL = os.environ.get("NETAGENT_NODE_KERNEL", "6.1")
+KERNEL = nodesession.KERNEL
 
 # Bounds, not expectations (docs/daemon.md has the measured times): the .deb
 # build and the image (~8 min when the source changed), the boot (~5 min under
