@@ -1,9 +1,10 @@
 """Loading our BPF C sources with BCC: guarded import, macros, clear errors."""
 
 import importlib.resources
+import os
 
 from netagent.errors import BccMissing, ProbeUnavailable
-from netagent.kheaders import headers_status
+from netagent.kheaders import bcc_kernel_source, headers_status
 
 
 def import_bcc():
@@ -46,6 +47,14 @@ def compile_program(stem: str, macros: dict[str, int | str], prelude: str = ""):
     headers = headers_status()
     if headers.status == "none":
         raise ProbeUnavailable(f"kernel headers for BCC: {headers.describe()}")
+    try:
+        tree = bcc_kernel_source(headers)
+    except OSError as exc:
+        raise ProbeUnavailable(f"kernel headers for BCC: joining {headers.outside_modules} failed: {exc}") from None
+    if tree:
+        # /lib/modules is hidden (systemd's ProtectKernelModules=yes): the headers from /usr/src.
+        # This process compiles and exits (the loader's child), so the variable goes with it.
+        os.environ["BCC_KERNEL_SOURCE"] = tree
     cflags = [f"-D{name}={value}" for name, value in macros.items()]
     cflags.append("-Wno-macro-redefined")
     text = program_source("common", suffix=".bpf.h") + "\n" + prelude + "\n" + program_source(stem)

@@ -16,9 +16,13 @@ Attach kinds:
   tracepoint      classic tracepoint (a perf event)
   kprobe          kprobe on a kernel function's entry (a perf event of the
   kretprobe       kprobe PMU) or return, attached with bpfsys.kprobe_open
+  fentry          BPF trampoline on a kernel function's entry or return
+  fexit           (BPF_PROG_TYPE_TRACING against the function's BTF id, in
+                  vmlinux or a module): no perf event, so no
+                  perf_event_open and none of its privilege checks
 Closing the returned link descriptor detaches the program. One spec may
-carry more programs of the same object (`more`: kprobes and kretprobes
-sharing its maps, as the conntrack sensor's are).
+carry more programs of the same object (`more`: kprobes and kretprobes, or
+fentry and fexit programs, sharing its maps, as the conntrack sensor's are).
 """
 
 import array
@@ -30,6 +34,7 @@ import sys
 from dataclasses import dataclass, field
 
 from netagent import bpfsys
+from netagent.cachedir import cache_path
 from netagent.errors import ProbeUnavailable
 
 CHILD_TIMEOUT_S = 120  # a compile takes ~1 s; generous for a loaded node
@@ -63,7 +68,7 @@ class ProgramSpec:
 
     stem: str  # probes/<stem>.bpf.c
     program: str  # function name in it
-    attach: str  # tp_btf | raw_tracepoint | tracepoint | kprobe
+    attach: str  # tp_btf | raw_tracepoint | tracepoint | kprobe | kretprobe | fentry | fexit
     target: str  # tracepoint event ("kfree_skb"; "skb:kfree_skb" for tracepoint) or function
     macros: dict = field(default_factory=dict)
     prelude: str = ""
@@ -78,9 +83,12 @@ class ProgramSpec:
     # Map writes done before attaching, so the program never runs half set up:
     # {"map": name, "key": u32, "value": hex} or {"map": name, "key": u32, "map_fd": other map}
     setup: list[dict] = field(default_factory=list)
-    # Further programs of the same object, each [kind, function, program] with kind kprobe or
-    # kretprobe, attached after the first; their descriptors are LoadedProgram.more_fds
+    # Further programs of the same object, each [kind, function, program] with kind kprobe,
+    # kretprobe, fentry or fexit, attached after the first; their descriptors are LoadedProgram.more_fds
     more: list[list[str]] = field(default_factory=list)
+    # fentry/fexit: kernel function -> [its BTF type id, the BTF object defining it: "vmlinux"
+    # or the module's name] (the parent has BTF parsed; the child only loads)
+    btf_functions: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -251,12 +259,47 @@ def _attach(bpf, spec: ProgramSpec) -> tuple[int, int]:
     if spec.attach == "tracepoint":
         bpf.attach_tracepoint(tp=spec.target.encode(), fn_name=name)
         return bpf.funcs[name].fd, bpf.tracepoint_fds[spec.target.encode()]
-    if spec.attach in _KPROBE_KINDS:
-        return _attach_kprobe(bpf.load_func(name, bpf.KPROBE).fd, spec.attach, spec.target)
-    raise ProbeUnavailable(f"unknown attach kind {spec.attach!r}")
+    return _load_more(bpf, spec, spec.attach, spec.target, spec.program)
+
+
+def _load_more(bpf, spec: ProgramSpec, kind: str, function: str, program: str) -> tuple[int, int]:
+    """(program fd, link fd) of one function probe compiled just now."""
+    if kind in _KPROBE_KINDS:
+        return _attach_kprobe(bpf.load_func(program.encode(), bpf.KPROBE).fd, kind, function)
+    if kind in _TRAMPOLINE_KINDS:
+        return _load_trampoline(bpf.dump_func(program.encode()), spec, kind, function, program)
+    raise ProbeUnavailable(f"unknown attach kind {kind!r}")
 
 
 _KPROBE_KINDS = ("kprobe", "kretprobe")
+_TRAMPOLINE_KINDS = ("fentry", "fexit")
+_FUNCTION_KINDS = _KPROBE_KINDS + _TRAMPOLINE_KINDS
+
+
+def _load_trampoline(insns: bytes, spec: ProgramSpec, kind: str, function: str, program: str) -> tuple[int, int]:
+    """(program fd, link fd) of a fentry/fexit program on `function`, loaded against the
+    BTF object that describes it; the same whether compiled now or from the cache."""
+    try:
+        btf_id, owner = spec.btf_functions[function]
+    except (KeyError, ValueError):
+        raise ProbeUnavailable(f"{kind} {function}: no BTF id given for it") from None
+    try:
+        owner_fd = bpfsys.btf_object_fd(owner) if owner != "vmlinux" else 0
+    except OSError as exc:
+        raise ProbeUnavailable(f"{kind} {function}: {exc.strerror}") from None
+    try:
+        prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, insns, name=program[:15],
+                                expected_attach_type=bpfsys.TRACE_FENTRY if kind == "fentry" else bpfsys.TRACE_FEXIT,
+                                attach_btf_id=btf_id, attach_btf_obj_fd=owner_fd)
+    except OSError as exc:
+        raise ProbeUnavailable(f"{kind} {function} refused by the kernel: {exc.strerror}") from None
+    finally:
+        if owner_fd:
+            os.close(owner_fd)  # the loaded program holds its own reference to the module
+    try:
+        return prog, _closing_on_error(prog, lambda: bpfsys.raw_tracepoint_open(prog))
+    except OSError as exc:
+        raise ProbeUnavailable(f"attaching {kind} {function}: {exc.strerror}") from None
 
 
 def _attach_kprobe(prog_fd: int, kind: str, function: str) -> tuple[int, int]:
@@ -294,7 +337,7 @@ def _child(sock_fd: int) -> int:
         prog_fd, link_fd = _attach(bpf, spec)
         more_fds = []
         for kind, function, program in spec.more:
-            more_fds += _attach_kprobe(bpf.load_func(program.encode(), bpf.KPROBE).fd, kind, function)
+            more_fds += _load_more(bpf, spec, kind, function, program)
         fds = [prog_fd, link_fd] + [maps[n] for n in spec.maps] + more_fds
         meta = {n: dict(map_info(maps[n]), fd_index=2 + i) for i, n in enumerate(spec.maps)}
         record = _record([bpf.dump_func(p.encode()) for p in [spec.program] + [m[2] for m in spec.more]],
@@ -319,7 +362,7 @@ def _child(sock_fd: int) -> int:
 # loads in a few milliseconds, without a compiler, without the child process.
 # Only for the attach kinds loadable with bpf(2) alone.
 
-_CACHEABLE = ("tp_btf", "raw_tracepoint") + _KPROBE_KINDS
+_CACHEABLE = ("tp_btf", "raw_tracepoint") + _FUNCTION_KINDS
 _LD_IMM64 = 0x18
 _PSEUDO_MAP_FD = 1
 _MAP_OF_MAPS_TYPES = {12, 13}  # BPF_MAP_TYPE_ARRAY_OF_MAPS, HASH_OF_MAPS
@@ -332,7 +375,7 @@ def _fd_name_flags(fd: int) -> tuple[str, int]:
 
 def cacheable(spec: ProgramSpec) -> bool:
     """Whether `spec` can be loaded from the cache: attached with bpf(2) and perf events alone."""
-    return spec.attach in _CACHEABLE and all(kind in _KPROBE_KINDS for kind, _, _ in spec.more)
+    return spec.attach in _CACHEABLE and all(kind in _FUNCTION_KINDS for kind, _, _ in spec.more)
 
 
 def _record(programs: list[bytes], spec: ProgramSpec, named: dict[str, int]) -> dict | None:
@@ -409,11 +452,18 @@ def _load_cached(spec: ProgramSpec, record: dict) -> LoadedProgram:
         elif spec.attach in _KPROBE_KINDS:
             prog = bpfsys.prog_load(bpfsys.PROG_TYPE_KPROBE, insns, name=spec.program[:15])
             programs += _closing_on_error(prog, lambda: _attach_kprobe(prog, spec.attach, spec.target))
+        elif spec.attach in _TRAMPOLINE_KINDS:
+            programs += _load_trampoline(insns, spec, spec.attach, spec.target, spec.program)
+            prog = programs[0]
         else:
             prog = bpfsys.prog_load(bpfsys.PROG_TYPE_RAW_TRACEPOINT, insns, name=spec.program[:15])
             programs += [prog, _closing_on_error(prog, lambda: bpfsys.raw_tracepoint_open(prog, spec.target))]
         by_name = {spec.program: prog}  # a program on two functions is loaded once, as BCC does
         for (kind, function, program), entry in zip(spec.more, more):
+            if kind in _TRAMPOLINE_KINDS:  # loaded against its one function: never shared
+                programs += _load_trampoline(_relocated(entry["insns"], entry["relocs"], fds), spec, kind,
+                                             function, program)
+                continue
             if program in by_name:
                 fd = os.dup(by_name[program])  # each (program, link) pair owns its descriptors
             else:
@@ -452,7 +502,7 @@ class BytecodeCache:
 
     @property
     def directory(self) -> str:
-        return self._directory or os.path.join(os.environ.get("NETAGENT_CACHE_DIR", "/var/cache/netagent"), "bpf")
+        return self._directory or cache_path("bpf")
 
     def key(self, spec: ProgramSpec) -> str:
         import hashlib

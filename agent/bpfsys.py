@@ -16,6 +16,7 @@ import errno
 import mmap
 import os
 import platform
+import struct
 import threading
 from dataclasses import dataclass
 
@@ -49,12 +50,13 @@ MAP_CREATE = 0
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY, PROG_LOAD = 1, 2, 3, 4, 5
 PROG_GET_NEXT_ID, PROG_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD = 11, 13, 15
 RAW_TRACEPOINT_OPEN = 17
+BTF_GET_FD_BY_ID, BTF_GET_NEXT_ID = 19, 23
 MAP_LOOKUP_BATCH, MAP_LOOKUP_AND_DELETE_BATCH = 24, 25
 # enum bpf_prog_type / bpf_attach_type values used here
 PROG_TYPE_KPROBE = 2
 PROG_TYPE_RAW_TRACEPOINT = 17
 PROG_TYPE_TRACING = 26
-TRACE_RAW_TP = 23
+TRACE_RAW_TP, TRACE_FENTRY, TRACE_FEXIT = 23, 24, 25
 # map update flags
 BPF_ANY, BPF_NOEXIST = 0, 1
 
@@ -118,8 +120,11 @@ class _ProgLoadAttr(ctypes.Structure):
 
 
 def prog_load(prog_type: int, insns: bytes, *, name: str, license: str = "GPL", expected_attach_type: int = 0,
-              attach_btf_id: int = 0) -> int:
+              attach_btf_id: int = 0, attach_btf_obj_fd: int = 0) -> int:
     """Load BPF bytecode; returns the program fd.
+
+    attach_btf_id names the traced type (tp_btf, fentry, fexit); for a function
+    of a module, attach_btf_obj_fd is that module's BTF object (btf_object_fd).
 
     On refusal the load is repeated with a verifier log, and the error names
     the verifier's last lines, which say why.
@@ -130,7 +135,8 @@ def prog_load(prog_type: int, insns: bytes, *, name: str, license: str = "GPL", 
     def attempt(log_level: int, log) -> int:
         attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=ctypes.addressof(code),
                              license=ctypes.addressof(lic), prog_name=name.encode()[:15],
-                             expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id)
+                             expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id,
+                             attach_prog_fd=attach_btf_obj_fd)  # one union: attach_prog_fd / attach_btf_obj_fd
         if log is not None:
             attr.log_level, attr.log_size, attr.log_buf = log_level, len(log), ctypes.addressof(log)
         return bpf(PROG_LOAD, attr)
@@ -437,20 +443,84 @@ class _IdAttr(ctypes.Structure):
     _fields_ = [("start_id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
 
 
-def prog_ids() -> list[int]:
-    """IDs of every BPF program loaded on this node (BPF_PROG_GET_NEXT_ID)."""
-    ids, current = [], 0
+def _object_ids(get_next_id: int):
+    """The ids of every object of one kind (BPF_*_GET_NEXT_ID), in order."""
+    current = 0
     while True:
         attr = _IdAttr(current, 0, 0)
         try:
-            bpf(PROG_GET_NEXT_ID, attr)
+            bpf(get_next_id, attr)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                return ids
+                return
             raise
         current = attr.next_id
-        ids.append(current)
+        yield current
+
+
+def prog_ids() -> list[int]:
+    """IDs of every BPF program loaded on this node (BPF_PROG_GET_NEXT_ID)."""
+    return list(_object_ids(PROG_GET_NEXT_ID))
 
 
 def prog_fd_by_id(prog_id: int) -> int:
     return bpf(PROG_GET_FD_BY_ID, _IdAttr(prog_id, 0, 0))
+
+
+# `r0 = 0; exit`: a program that does nothing, for asking the kernel whether it would
+# load and attach one of a kind somewhere (trampoline_refused) and as a benchmark's floor
+RETURN_ZERO = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+
+
+def trampoline_refused(btf_id: int, owner: str = "vmlinux") -> str | None:
+    """None if this kernel loads and attaches a fentry program on the function with BTF
+    id `btf_id` of BTF object `owner` for this process, else the kernel's refusal, in
+    words. Nothing stays attached (the program is closed at once)."""
+    fds, step = [], f"finding BTF object {owner}"
+    try:
+        owner_fd = btf_object_fd(owner) if owner != "vmlinux" else 0
+        if owner_fd:
+            fds.append(owner_fd)
+        step = "loading"
+        fds.append(prog_load(PROG_TYPE_TRACING, RETURN_ZERO, name="netagent_probe", expected_attach_type=TRACE_FENTRY,
+                             attach_btf_id=btf_id, attach_btf_obj_fd=owner_fd))
+        step = "attaching"
+        fds.append(raw_tracepoint_open(fds[-1]))
+        return None
+    except OSError as exc:
+        why = exc.strerror or os.strerror(exc.errno)
+        if exc.errno == errno.EPERM and step.startswith("finding"):
+            # the kernel hands out a module's BTF object (BPF_BTF_GET_FD_BY_ID) to CAP_SYS_ADMIN only
+            why += " (reading a module's BTF object needs CAP_SYS_ADMIN)"
+        return f"{step} refused: {why}"
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+
+
+class _BtfInfo(ctypes.Structure):
+    # struct bpf_btf_info; name and kernel_btf since 5.11, as fentry on module functions
+    _fields_ = [("btf", ctypes.c_uint64), ("btf_size", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("name", ctypes.c_uint64), ("name_len", ctypes.c_uint32), ("kernel_btf", ctypes.c_uint32)]
+
+
+def btf_object_fd(name: str) -> int:
+    """An fd of the kernel's BTF object `name` ("vmlinux" or a module's), which a
+    fentry/fexit program on one of its functions is loaded against. FileNotFoundError
+    when no such object is loaded (the module is not)."""
+    for btf_id in _object_ids(BTF_GET_NEXT_ID):
+        try:
+            fd = bpf(BTF_GET_FD_BY_ID, _IdAttr(btf_id, 0, 0))
+        except OSError:
+            continue  # freed since it was listed
+        buf = ctypes.create_string_buffer(64)
+        info = _BtfInfo(name=ctypes.addressof(buf), name_len=len(buf))
+        try:
+            bpf(OBJ_GET_INFO_BY_FD, _InfoAttr(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+        except OSError:
+            os.close(fd)
+            continue
+        if info.kernel_btf and buf.value.decode(errors="replace") == name:
+            return fd
+        os.close(fd)
+    raise FileNotFoundError(errno.ENOENT, f"no kernel BTF object named {name!r} (module not loaded?)")

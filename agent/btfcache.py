@@ -15,6 +15,7 @@ import platform
 import threading
 
 from netagent.btf import VMLINUX_BTF
+from netagent.cachedir import cache_path
 
 _lock = threading.Lock()
 _facts: dict | None = None
@@ -26,7 +27,7 @@ def _path() -> str | None:
     except OSError:
         return None
     ident = f"{platform.release()}\0{platform.version()}\0{st.st_size}\0{st.st_mtime_ns}"
-    directory = os.path.join(os.environ.get("NETAGENT_CACHE_DIR", "/var/cache/netagent"), "btf")
+    directory = cache_path("btf")
     return os.path.join(directory, hashlib.sha256(ident.encode()).hexdigest()[:32] + ".json")
 
 

@@ -7,15 +7,24 @@ of them took 35 MB).
 """
 
 import bisect
+import os
 from array import array
 
 KALLSYMS = "/proc/kallsyms"
+# Where to read it instead: the unit sets ProtectKernelTunables=yes, which makes
+# /proc/kallsyms itself inaccessible, and binds the same file read-only to another
+# path (systemd/netagent.service). Still the kernel's own file, read live.
+KALLSYMS_ENV = "NETAGENT_KALLSYMS"
 _TEXT_TYPES = (b"t", b"T", b"w", b"W")
 
 
+def kallsyms_path() -> str:
+    return os.environ.get(KALLSYMS_ENV) or KALLSYMS
+
+
 class Symbolizer:
-    def __init__(self, text: str | None = None, path: str = KALLSYMS):
-        self._path = path
+    def __init__(self, text: str | None = None, path: str | None = None):
+        self._path = path or kallsyms_path()
         self._addrs = array("Q")
         self._starts = array("I")  # offset of each name in _blob
         self._blob = b"\n"  # "\n" + name + "\n" + name + "\n" ...; a name may carry " [module]"

@@ -7,18 +7,15 @@ sensors' own support checks agree on one answer.
 import gzip
 import os
 import platform
-import subprocess
-import sys
 
-from netagent.bccloader import bcc_version, import_bcc
+from netagent.bccloader import bcc_version
 from netagent.btf import VMLINUX_BTF, module_btf_names
-from netagent.errors import BccMissing, ProbeUnavailable
+from netagent.errors import ProbeUnavailable
 from netagent.kheaders import headers_status
 from netagent.privileges import effective_capabilities
 from netagent.tracefs import find_tracefs
 
 FENTRY_TEST_FUNCTION = "tcp_v4_rcv"  # exists on every kernel with IPv4
-FENTRY_PROBE_TIMEOUT = 300  # a BCC compile under TCG emulation takes tens of seconds
 
 
 def kprobes_unavailable_reason() -> str | None:
@@ -74,38 +71,35 @@ def kprobes_available() -> tuple[bool, str]:
     return (True, "kprobe PMU or tracefs kprobe_events present") if why is None else (False, why)
 
 
-_FENTRY_PROBE = """
-import sys
-from bcc import BPF
-if not BPF.support_kfunc():
-    sys.exit(3)
-BPF(text="KFUNC_PROBE(%s) { return 0; }").cleanup()
-"""
+def fentry_refused_reason(function: str) -> str | None:
+    """Why a fentry/fexit program (a BPF trampoline) cannot go on kernel function
+    `function` here, or None when the kernel loads and attaches one for this process.
+
+    Asked of the kernel with a do-nothing program loaded against the function's
+    BTF id (vmlinux's or its module's) and closed at once: no compiler, no child
+    process. Trampolines need no perf event, so Debian's perf_event_paranoid patch,
+    which keeps kprobes from a process without CAP_SYS_ADMIN, does not apply."""
+    from netagent.bpfsys import trampoline_refused  # noqa: PLC0415 (ctypes libc, only when asked)
+    from netagent.btf import FUNC, BtfError, kernel_btf  # noqa: PLC0415
+
+    if not os.path.exists(VMLINUX_BTF):
+        return "fentry needs BTF (CONFIG_DEBUG_INFO_BTF off)"
+    try:
+        btf = kernel_btf()
+        owner = btf.where(function, (FUNC,))
+        btf_id = btf.owner(function, (FUNC,)).find(function, FUNC)
+    except BtfError:
+        return f"fentry on {function}: no BTF prototype for it (inlined, or its module has no BTF)"
+    try:
+        refused = trampoline_refused(btf_id, owner)
+    except ProbeUnavailable as exc:  # an architecture without a known syscall number
+        return f"fentry unusable: {exc}"
+    return f"fentry on {function}: {refused}" if refused else None
 
 
 def fentry_available() -> tuple[bool, str]:
-    """Load and attach a do-nothing fentry program, then remove it.
-
-    In a child process: clang and the kernel's refusal write to its stderr,
-    not ours, and nothing of it stays loaded here."""
-    if not os.path.exists(VMLINUX_BTF):
-        return False, "needs BTF"
-    try:
-        import_bcc()
-    except BccMissing:
-        return False, "BCC missing"
-    try:
-        out = subprocess.run([sys.executable, "-c", _FENTRY_PROBE % FENTRY_TEST_FUNCTION],
-                             capture_output=True, text=True, timeout=FENTRY_PROBE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return False, f"not known: the test load took over {FENTRY_PROBE_TIMEOUT}s"
-    if out.returncode == 3:
-        return False, "BCC/kernel report no fentry support"
-    if out.returncode != 0:
-        lines = out.stderr.splitlines()
-        kernel_said = next((ln for ln in lines if "bpf:" in ln), lines[-1] if lines else f"exit {out.returncode}")
-        return False, f"refused by the kernel ({kernel_said.strip()})"
-    return True, f"fentry on {FENTRY_TEST_FUNCTION} attached and removed"
+    why = fentry_refused_reason(FENTRY_TEST_FUNCTION)
+    return (True, f"fentry on {FENTRY_TEST_FUNCTION} attached and removed") if why is None else (False, why)
 
 
 def module_btf() -> dict:

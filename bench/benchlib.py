@@ -125,13 +125,10 @@ class EmptyProgramOnKfreeSkb:
     dropped packet (the kernel's dispatch to it), to read the agent's figures against."""
 
     def __enter__(self):
-        import struct
-
         from netagent import bpfsys
         from netagent.btf import TYPEDEF, kernel_btf
 
-        mov_r0_0, exit_ = struct.pack("<BBhi", 0xB7, 0, 0, 0), struct.pack("<BBhi", 0x95, 0, 0, 0)
-        self.prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, mov_r0_0 + exit_, name="bench_empty",
+        self.prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, bpfsys.RETURN_ZERO, name="bench_empty",
                                      expected_attach_type=bpfsys.TRACE_RAW_TP,
                                      attach_btf_id=kernel_btf().find("btf_trace_kfree_skb", TYPEDEF))
         try:

@@ -1,6 +1,6 @@
 // netagent conntrack sensor, per-packet part: the conntrack failures that no
-// tracepoint shows, seen through kprobes/kretprobes and aggregated in the
-// kernel per (netns, kind, flow).
+// tracepoint shows, seen through fentry/fexit programs or kprobes/kretprobes
+// and aggregated in the kernel per (netns, kind, flow).
 //
 //   kind 1 INSERT_FAILED  __nf_conntrack_confirm() returned NF_DROP: the new
 //                         entry could not be inserted (clash not resolvable,
@@ -14,7 +14,12 @@
 //   kind 4 EARLY_DROP     early_drop() evicted an unreplied entry to make room
 //                         for this flow (the table is full; no packet lost).
 //
-// A kretprobe sees only the return value, so each entry probe saves what
+// Each probe is written once (on_*) and has two ways in:
+//   kprobe/kretprobe  (struct pt_regs *): needs perf events, which Debian's and
+//                     Ubuntu's kernel.perf_event_paranoid=3 give CAP_SYS_ADMIN only;
+//   fentry/fexit      (u64 *ctx: the arguments in order, then, at fexit, the
+//                     return value): BPF trampolines, loaded with bpf(2) alone.
+// A return probe sees only the return value, so each entry probe saves what
 // the return probe needs (the flow and its netns) keyed by the running task
 // (the CPU for idle tasks, whose pid 0 is shared by all CPUs).
 //
@@ -25,6 +30,8 @@
 //   OFF_TUPLE_DST_U3 OFF_TUPLE_DST_PORT OFF_TUPLE_PROTONUM
 // Argument positions (1-based) also come from BTF function prototypes:
 //   CONFIRM_SKB_ARG CLASH_SKB_ARG ALLOC_NET_ARG ALLOC_ORIG_ARG
+// and, for fexit (where the return value follows the arguments), their counts:
+//   CONFIRM_NARGS CLASH_NARGS ALLOC_NARGS EARLY_DROP_NARGS
 // FILTER_NETNS: only this namespace inode (0 = all).
 
 #include <uapi/linux/ptrace.h>
@@ -203,19 +210,28 @@ static __always_inline const void *arg_n(struct pt_regs *ctx, int n)
     return 0;
 }
 
+// fentry/fexit: argument n (1-based) and the return value, from the trampoline's ctx
+#define TARG(ctx, n) ((const void *)(ctx)[(n) - 1])
+#ifndef CONFIRM_NARGS
+#define CONFIRM_NARGS 1
+#define CLASH_NARGS 4
+#define ALLOC_NARGS 5
+#define EARLY_DROP_NARGS 2
+#endif
+
 // --- __nf_conntrack_confirm(skb): insert failures -------------------------------
 
-int confirm_entry(struct pt_regs *ctx)
+static __always_inline int on_confirm_entry(const void *skb)
 {
     struct pending p = {};
     u64 key = task_key();
     count_hit(HIT_CONFIRM_ENTRY);
-    if (pending_from_skb(arg_n(ctx, CONFIRM_SKB_ARG), &p) == 0)
+    if (pending_from_skb(skb, &p) == 0)
         pending_confirm.update(&key, &p);
     return 0;
 }
 
-int confirm_return(struct pt_regs *ctx)
+static __always_inline int on_confirm_return(int rc)
 {
     u64 key = task_key();
     count_hit(HIT_CONFIRM_RETURN);
@@ -224,24 +240,29 @@ int confirm_return(struct pt_regs *ctx)
         return 0;   /* filtered out at entry, or no conntrack entry */
     struct pending copy = *p;
     pending_confirm.delete(&key);
-    if ((int)PT_REGS_RC(ctx) == NF_DROP)
+    if (rc == NF_DROP)
         record(&copy.flow, KIND_INSERT_FAILED);
     return 0;
 }
 
+int confirm_entry(struct pt_regs *ctx) { return on_confirm_entry(arg_n(ctx, CONFIRM_SKB_ARG)); }
+int confirm_return(struct pt_regs *ctx) { return on_confirm_return((int)PT_REGS_RC(ctx)); }
+int confirm_fentry(u64 *ctx) { return on_confirm_entry(TARG(ctx, CONFIRM_SKB_ARG)); }
+int confirm_fexit(u64 *ctx) { return on_confirm_return((int)ctx[CONFIRM_NARGS]); }
+
 // --- nf_ct_resolve_clash(skb, h, ...): clashes resolved without a drop -------------
 
-int clash_entry(struct pt_regs *ctx)
+static __always_inline int on_clash_entry(const void *skb)
 {
     struct pending p = {};
     u64 key = task_key();
     count_hit(HIT_CLASH_ENTRY);
-    if (pending_from_skb(arg_n(ctx, CLASH_SKB_ARG), &p) == 0)
+    if (pending_from_skb(skb, &p) == 0)
         pending_clash.update(&key, &p);
     return 0;
 }
 
-int clash_return(struct pt_regs *ctx)
+static __always_inline int on_clash_return(int rc)
 {
     u64 key = task_key();
     count_hit(HIT_CLASH_RETURN);
@@ -251,19 +272,22 @@ int clash_return(struct pt_regs *ctx)
     struct pending copy = *p;
     pending_clash.delete(&key);
     // NF_DROP is counted once, as INSERT_FAILED, by confirm_return.
-    if ((int)PT_REGS_RC(ctx) == NF_ACCEPT)
+    if (rc == NF_ACCEPT)
         record(&copy.flow, KIND_CLASH_RESOLVED);
     return 0;
 }
 
+int clash_entry(struct pt_regs *ctx) { return on_clash_entry(arg_n(ctx, CLASH_SKB_ARG)); }
+int clash_return(struct pt_regs *ctx) { return on_clash_return((int)PT_REGS_RC(ctx)); }
+int clash_fentry(u64 *ctx) { return on_clash_entry(TARG(ctx, CLASH_SKB_ARG)); }
+int clash_fexit(u64 *ctx) { return on_clash_return((int)ctx[CLASH_NARGS]); }
+
 // --- __nf_conntrack_alloc(net, zone, orig, ...) + early_drop(): table full --------
 
-int alloc_entry(struct pt_regs *ctx)
+static __always_inline int on_alloc_entry(const void *net, const void *orig)
 {
     struct pending p = {};
     u64 key = task_key();
-    const void *net = arg_n(ctx, ALLOC_NET_ARG);
-    const void *orig = arg_n(ctx, ALLOC_ORIG_ARG);
 
     count_hit(HIT_ALLOC_ENTRY);
     p.flow.netns = netns_of_net(net);
@@ -279,13 +303,13 @@ int alloc_entry(struct pt_regs *ctx)
 
 // early_drop() runs only when the table is over its maximum; its bool says
 // whether it made room. The entry probe only counts (see `hits`).
-int early_drop_entry(struct pt_regs *ctx)
+static __always_inline int on_early_drop_entry(void)
 {
     count_hit(HIT_EARLY_DROP_ENTRY);
     return 0;
 }
 
-int early_drop_return(struct pt_regs *ctx)
+static __always_inline int on_early_drop_return(u64 made_room)
 {
     u64 key = task_key();
     count_hit(HIT_EARLY_DROP_RETURN);
@@ -300,14 +324,14 @@ int early_drop_return(struct pt_regs *ctx)
     }
     struct pending copy = *p;
     pending_alloc.delete(&key);
-    record(&copy.flow, (PT_REGS_RC(ctx) & 0xFF) ? KIND_EARLY_DROP : KIND_TABLE_FULL);
+    record(&copy.flow, (made_room & 0xFF) ? KIND_EARLY_DROP : KIND_TABLE_FULL);
     return 0;
 }
 
 // Fallback for kernels where early_drop() is inlined: a failed
 // __nf_conntrack_alloc() (ERR_PTR) is the table-full drop (or, rarely, a
 // failed slab allocation).
-int alloc_return(struct pt_regs *ctx)
+static __always_inline int on_alloc_return(u64 rc)
 {
     u64 key = task_key();
     count_hit(HIT_ALLOC_RETURN);
@@ -316,8 +340,16 @@ int alloc_return(struct pt_regs *ctx)
         return 0;
     struct pending copy = *p;
     pending_alloc.delete(&key);
-    u64 rc = PT_REGS_RC(ctx);
     if (rc >= (u64)-4095)   /* IS_ERR_VALUE */
         record(&copy.flow, KIND_TABLE_FULL);
     return 0;
 }
+
+int alloc_entry(struct pt_regs *ctx) { return on_alloc_entry(arg_n(ctx, ALLOC_NET_ARG), arg_n(ctx, ALLOC_ORIG_ARG)); }
+int alloc_return(struct pt_regs *ctx) { return on_alloc_return(PT_REGS_RC(ctx)); }
+int early_drop_entry(struct pt_regs *ctx) { return on_early_drop_entry(); }
+int early_drop_return(struct pt_regs *ctx) { return on_early_drop_return(PT_REGS_RC(ctx)); }
+int alloc_fentry(u64 *ctx) { return on_alloc_entry(TARG(ctx, ALLOC_NET_ARG), TARG(ctx, ALLOC_ORIG_ARG)); }
+int alloc_fexit(u64 *ctx) { return on_alloc_return(ctx[ALLOC_NARGS]); }
+int early_drop_fentry(u64 *ctx) { return on_early_drop_entry(); }
+int early_drop_fexit(u64 *ctx) { return on_early_drop_return(ctx[EARLY_DROP_NARGS]); }

@@ -21,7 +21,7 @@ from collections import namedtuple
 from netagent import bpfchild
 from netagent import netns as netns_mod
 from netagent.bccloader import compile_program, import_bcc
-from netagent.btf import BtfError, kernel_btf
+from netagent.btf import FUNC, BtfError, kernel_btf
 from netagent.configschema import one_of
 from netagent.conntrack.correlate import NETFILTER_DROP, correlated_events
 from netagent.conntrack.flows import MergedFlow, merge
@@ -37,8 +37,8 @@ from netagent.conntrack.report import DATASET, DEFAULT_THRESHOLD, Interval, kern
 from netagent.conntrack.stats import StatFormatError, StatTable
 from netagent.errors import AgentError, InsufficientPrivilege, ProbeUnavailable, UsageError
 from netagent.events import new_event
-from netagent.kallsyms import Symbolizer
-from netagent.nodefacts import kprobes_unavailable_reason
+from netagent.kallsyms import Symbolizer, kallsyms_path
+from netagent.nodefacts import fentry_refused_reason, kprobes_unavailable_reason
 from netagent.privileges import effective_capabilities, require_bpf
 from netagent.sensor import CounterHandover, Sensor, SensorStatus
 from netagent.timefmt import MonotonicToWall, iso_timestamp
@@ -47,7 +47,10 @@ WAITING = "waiting for nf_conntrack"
 WAITING_PATH = f"{WAITING} (counters and per-packet probes attach when the module loads)"
 COUNTERS_PATH = "counters /proc/net/stat/nf_conntrack"
 CORRELATION_PATH = "correlation with the drop sensor's NETFILTER_DROP ({})"
-PER_PACKET_MODES = ("auto", "kprobe", "correlation", "off")
+# auto: fentry/fexit where the kernel allows, else kprobes, else correlation
+PER_PACKET_MODES = ("auto", "fentry", "kprobe", "correlation", "off")
+FUNCTION_PROBE_MODES = ("fentry", "kprobe")
+PROBES_NAMED = {"fentry": "fentry/fexit programs", "kprobe": "kprobes"}
 COUNTER_MODES = ("always", "changes", "never")
 MAX_FLOWS = 4096
 REDISCOVER_SECONDS = 5.0
@@ -129,22 +132,48 @@ def function_params(btf, name: str) -> list[str] | None:
     return btf.function_params(name)
 
 
-class KprobePlan:
-    """Which probes the kernel allows, with the macros the C needs."""
+# The two ways a probe goes on a kernel function: (entry kind, return kind, program suffixes)
+PROBE_WAYS = {
+    "kprobe": ("kprobe", "kretprobe", "_entry", "_return"),
+    "fentry": ("fentry", "fexit", "_fentry", "_fexit"),
+}
+# the number of arguments each probed function's fexit program skips to reach the return value
+NARGS_MACROS = {"__nf_conntrack_confirm": "CONFIRM_NARGS", "nf_ct_resolve_clash": "CLASH_NARGS",
+                "__nf_conntrack_alloc": "ALLOC_NARGS", "early_drop": "EARLY_DROP_NARGS"}
 
-    def __init__(self, symbolizer: Symbolizer | None = None, btf=None, kallsyms_text: str | None = None):
+
+class KprobePlan:
+    """Which functions the kernel lets us probe, and how, with the macros the C needs.
+
+    `via` "kprobe": kprobes/kretprobes (perf events of the kprobe PMU); "fentry":
+    fentry/fexit programs (BPF trampolines), which need each function's BTF
+    prototype (vmlinux's or its module's) and no perf event."""
+
+    def __init__(self, symbolizer: Symbolizer | None = None, btf=None, kallsyms_text: str | None = None,
+                 via: str = "kprobe"):
         self.symbolizer = symbolizer or Symbolizer()
         self.btf = btf
-        self.probes: list[tuple[str, str, str]] = []  # (kprobe|kretprobe, kernel function, program)
+        self.via = via
+        self.probes: list[tuple[str, str, str]] = []  # (kind, kernel function, program)
         self.macros: dict[str, int | str] = {}
         self.notes: dict[str, str] = {}  # function -> why it is not probed / how
+        self.btf_functions: dict[str, list] = {}  # fentry/fexit: function -> [BTF id, BTF object]
         self._counts = symbol_counts(set(PROBED_PARAMS), kallsyms_text)
+        if via == "fentry" and btf is None:
+            raise ProbeUnavailable("fentry/fexit need this kernel's BTF")
         self._plan()
 
     def _has(self, function: str) -> bool:
         """Present exactly once: a static name defined in two files is ambiguous
-        to a kprobe (the kernel refuses it), and the wrong one would be probed."""
-        count = self._counts.get(function, 0) if self._counts else int(self.symbolizer.has(function))
+        to a kprobe (the kernel refuses it), and the wrong one would be probed.
+        A trampoline goes by BTF id: the function needs a BTF prototype, and is
+        ambiguous only where /proc/kallsyms (when readable) has it twice."""
+        if self.via == "fentry":
+            if function_params(self.btf, function) is None:
+                return False
+            count = self._counts.get(function, 1) if self._counts else 1
+        else:
+            count = self._counts.get(function, 0) if self._counts else int(self.symbolizer.has(function))
         if count > 1:
             self.notes[function] = f"not probed: {count} kernel functions share this name"
             return False
@@ -154,7 +183,7 @@ class KprobePlan:
         wanted = PROBED_PARAMS[function]
         names = function_params(self.btf, function) if self.btf is not None else None
         if names is None:
-            if all(m in DEFAULT_PARAMS for m in wanted):
+            if self.via == "kprobe" and all(m in DEFAULT_PARAMS for m in wanted):
                 self.notes.setdefault(function, "argument positions assumed (no BTF prototype)")
                 return {m: DEFAULT_PARAMS[m] for m in wanted}
             return None
@@ -165,21 +194,34 @@ class KprobePlan:
             out[macro] = names.index(param) + 1
         return out
 
+    def _probe(self, function: str, stem: str, entry: bool = True, ret: bool = True):
+        """Probe `function` on entry and/or return with conntrack.bpf.c's `stem` programs."""
+        entry_kind, return_kind, entry_suffix, return_suffix = PROBE_WAYS[self.via]
+        if entry:
+            self.probes.append((entry_kind, function, stem + entry_suffix))
+        if ret:
+            self.probes.append((return_kind, function, stem + return_suffix))
+        if self.via == "fentry":
+            owner = self.btf.where(function, (FUNC,))
+            self.btf_functions[function] = [self.btf.owner(function, (FUNC,)).find(function, FUNC), owner]
+            self.macros[NARGS_MACROS[function]] = len(function_params(self.btf, function))
+
     def _plan(self):
         has = self._has
         if not has("__nf_conntrack_confirm"):
+            if self.via == "fentry":
+                raise ProbeUnavailable("__nf_conntrack_confirm has no BTF prototype (conntrack not loaded, or "
+                                       "its module has no BTF)")
             raise ProbeUnavailable("__nf_conntrack_confirm is not in /proc/kallsyms (conntrack not loaded?)")
         params = self._params("__nf_conntrack_confirm")
         if params is None:
             raise ProbeUnavailable("__nf_conntrack_confirm has no skb parameter in this kernel's BTF")
         self.macros.update(params)
-        self.probes += [("kprobe", "__nf_conntrack_confirm", "confirm_entry"),
-                        ("kretprobe", "__nf_conntrack_confirm", "confirm_return")]
+        self._probe("__nf_conntrack_confirm", "confirm")
         clash = self._params("nf_ct_resolve_clash") if has("nf_ct_resolve_clash") else None
         if clash is not None:
             self.macros.update(clash)
-            self.probes += [("kprobe", "nf_ct_resolve_clash", "clash_entry"),
-                            ("kretprobe", "nf_ct_resolve_clash", "clash_return")]
+            self._probe("nf_ct_resolve_clash", "clash")
         else:
             self.macros["CLASH_SKB_ARG"] = 1
             self.notes.setdefault("nf_ct_resolve_clash", "not probed: inlined, absent or no BTF prototype (clash "
@@ -191,12 +233,11 @@ class KprobePlan:
                                   "not probed: inlined or absent (table-full flows from counters only)")
             return
         self.macros.update(alloc)
-        self.probes.append(("kprobe", "__nf_conntrack_alloc", "alloc_entry"))
         if has("early_drop"):
-            self.probes += [("kprobe", "early_drop", "early_drop_entry"),
-                            ("kretprobe", "early_drop", "early_drop_return")]
+            self._probe("__nf_conntrack_alloc", "alloc", ret=False)
+            self._probe("early_drop", "early_drop")
         else:
-            self.probes.append(("kretprobe", "__nf_conntrack_alloc", "alloc_return"))
+            self._probe("__nf_conntrack_alloc", "alloc")
             self.notes.setdefault("early_drop", "inlined or absent")
             self.notes["early_drop"] += ": table-full drops seen as failed __nf_conntrack_alloc returns"
 
@@ -208,7 +249,7 @@ def symbol_counts(names: set[str], text: str | None = None) -> dict[str, int]:
     """How many text symbols in /proc/kallsyms (or `text`) carry each name."""
     if text is None:
         try:
-            with open("/proc/kallsyms") as f:
+            with open(kallsyms_path()) as f:
                 text = f.read()
         except OSError:
             return {}
@@ -255,7 +296,7 @@ def kprobe_spec(plan: KprobePlan, macros: dict) -> bpfchild.ProgramSpec:
     (kind, function, program), *more = plan.probes
     return bpfchild.ProgramSpec("conntrack", program, kind, function, macros, maps=list(KPROBE_MAPS),
                                 setup=[{"map": "active_flows", "key": 0, "map_fd": "flows_a"}],
-                                more=[list(p) for p in more])
+                                more=[list(p) for p in more], btf_functions=dict(plan.btf_functions))
 
 
 def unpack_flow(raw: bytes) -> CtFlow:
@@ -296,8 +337,10 @@ def decode_flow(key) -> dict:
     return {"network": network, "source": source, "destination": destination, "icmp": icmp}
 
 
-def render_flow(flow: MergedFlow, kind: int, *, netns_name: str | None, now: float | None = None) -> dict:
-    """Flows of one kind and service, aggregated over an interval by the kernel."""
+def render_flow(flow: MergedFlow, kind: int, *, netns_name: str | None, now: float | None = None,
+                seen_by: str = "kprobe") -> dict:
+    """Flows of one kind and service, aggregated over an interval by the kernel;
+    `seen_by`: the probes that saw them (kprobe or fentry)."""
     action = KIND_ACTIONS.get(kind, "insert-failed")
     body = {
         "netns": flow.netns,
@@ -306,7 +349,7 @@ def render_flow(flow: MergedFlow, kind: int, *, netns_name: str | None, now: flo
         "source_ports": len(flow.source_ports),
         "outcome": KIND_OUTCOMES.get(kind, "unknown"),
         "kind_raw": kind,
-        "attribution": "kprobe",
+        "attribution": seen_by,
     }
     if flow.icmp:
         body["icmp"] = flow.icmp
@@ -320,7 +363,7 @@ def render_flow(flow: MergedFlow, kind: int, *, netns_name: str | None, now: flo
             3: "found the table full with nothing to evict and were dropped",
             4: "found the table full; an unreplied entry was evicted to make room"}.get(kind, "?")
     where = f" in netns {netns_name}" if netns_name else f" in netns {flow.netns}"
-    event["message"] = f"{flow.count} packets of {flow.describe()}{where} {what} (seen by kprobe)"
+    event["message"] = f"{flow.count} packets of {flow.describe()}{where} {what} (seen by {seen_by})"
     return event
 
 
@@ -425,15 +468,15 @@ class ConntrackSensor(CounterHandover, Sensor):
         if mode == "unavailable":
             raise ProbeUnavailable(reason)
         self.per_packet_reason = reason
-        if mode == "kprobe":
+        if mode in FUNCTION_PROBE_MODES:
             try:
                 path = self._attach_kprobes()
             except (ProbeUnavailable, InsufficientPrivilege) as exc:
                 self._detach_per_packet()
                 if self.per_packet != "auto":
                     raise
-                # Kprobes planned but refused: correlation still names the flows.
-                mode, path, reason = self._fall_back(f"kprobes could not be attached: {exc}")
+                # Probes planned but refused: correlation still names the flows.
+                mode, path, reason = self._fall_back(f"{PROBES_NAMED[mode]} could not be attached: {exc}")
                 self.announce(f"conntrack: {reason}")
         elif mode == "correlation":
             try:
@@ -666,19 +709,28 @@ class ConntrackSensor(CounterHandover, Sensor):
         details: dict = {}
         if self.per_packet == "off":
             return "off", None, "per-packet events disabled (per_packet = off)", details
+        no_fentry = None
+        if self.per_packet in ("auto", "fentry"):
+            plan, no_fentry = self._function_plan("fentry")
+            if plan is not None:
+                details["kprobe_notes"] = plan.notes
+                return "fentry", plan.describe(), None, details
+            if self.per_packet == "fentry":
+                return "unavailable", None, f"per-packet fentry/fexit requested but {no_fentry}", details
         no_kprobes = kprobes_unavailable_reason()
         plan_error = None
         if not no_kprobes and self.per_packet in ("auto", "kprobe"):
-            try:
-                plan = KprobePlan(btf=_btf_or_none())
+            plan, plan_error = self._function_plan("kprobe")
+            if plan is not None:
                 details["kprobe_notes"] = plan.notes
-                self._plan = plan
+                if no_fentry:
+                    details["fentry"] = no_fentry
                 return "kprobe", plan.describe(), None, details
-            except ProbeUnavailable as exc:
-                plan_error = str(exc)
         if self.per_packet == "kprobe":
             return "unavailable", None, f"per-packet kprobes requested but {no_kprobes or plan_error}", details
         why = no_kprobes or f"kprobes cannot be used: {plan_error}"
+        if no_fentry:
+            why = f"{no_fentry}; {why}"
         from netagent.probes.drops import DropSensor  # noqa: PLC0415 - BCC only when needed
 
         drops_status = DropSensor().check()
@@ -697,8 +749,23 @@ class ConntrackSensor(CounterHandover, Sensor):
             return 0
         return next(iter(self._namespaces))
 
+    def _function_plan(self, via: str) -> tuple["KprobePlan | None", str | None]:
+        """(the plan, None) when `via` (fentry or kprobe) can probe conntrack here, else (None, why).
+        A fentry plan is kept only once the kernel took a trampoline on __nf_conntrack_confirm
+        (a do-nothing test program): no compile for a path this kernel refuses."""
+        try:
+            plan = KprobePlan(btf=_btf_or_none(), via=via)
+        except ProbeUnavailable as exc:
+            return None, f"{PROBES_NAMED[via]} cannot be used: {exc}"
+        if via == "fentry":
+            refused = fentry_refused_reason("__nf_conntrack_confirm")
+            if refused:
+                return None, f"{PROBES_NAMED[via]} cannot be used: {refused}"
+        self._plan = plan
+        return plan, None
+
     def _attach_kprobes(self) -> str:
-        require_bpf("attach the conntrack kprobes")
+        require_bpf(f"attach the conntrack {PROBES_NAMED[self._plan.via if self._plan else 'kprobe']}")
         btf = kernel_btf()
         plan = self._plan or KprobePlan(btf=btf)
         loaded = bpfchild.load(kprobe_spec(plan, build_macros(plan, btf, self._filter_netns())))
@@ -765,7 +832,8 @@ class ConntrackSensor(CounterHandover, Sensor):
         events = []
         for flow_key, flow in merged.items():
             ns = self._namespaces.get(flow.netns)
-            events.append(render_flow(flow, flow_key[-1][0], netns_name=ns.name if ns else None, now=now))
+            events.append(render_flow(flow, flow_key[-1][0], netns_name=ns.name if ns else None, now=now,
+                                      seen_by=self._plan.via if self._plan else "kprobe"))
         events.sort(key=lambda e: e["netagent"]["conntrack"]["count"], reverse=True)
         self._update_bpf_losses()
         return events

@@ -11,6 +11,7 @@ from netagent.commands.options import kubernetes_config_option
 from netagent.enrich.cli import command_enricher, pod_netns, pod_option
 from netagent.output import DurationParam, JsonLineEmitter, endpoint, note, output_option, pod_cell, resolve_output
 from netagent.privileges import require_caps
+from netagent.probes.conntrack import PER_PACKET_MODES
 from netagent.signals import StopSignals
 
 # (key, header, width): fixed widths keep a streamed table aligned across intervals
@@ -108,10 +109,10 @@ class Totals:
               help="Stop after this long (default: until Ctrl-C / SIGTERM).")
 @click.option("--threshold", type=RatioType(), default="90%", show_default=True,
               help="Alert (table-full) when entries / nf_conntrack_max reaches this.")
-@click.option("--per-packet", type=click.Choice(["auto", "kprobe", "correlation", "off"]), default="auto",
+@click.option("--per-packet", type=click.Choice(PER_PACKET_MODES), default="auto",
               show_default=True,
-              help="Per-flow events: kprobes where the kernel has them, else correlation with NETFILTER_DROP "
-                   "drops; `off` for counters only.")
+              help="Per-flow events: fentry/fexit programs where the kernel takes them, else kprobes, else "
+                   "correlation with NETFILTER_DROP drops; `off` for counters only.")
 @click.option("--counters", type=click.Choice(["always", "changes", "never"]), default="always",
               show_default=True, help="Emit the per-interval counters event always, only when a counter moved, "
                                       "or never (alerts are always emitted).")

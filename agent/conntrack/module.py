@@ -17,16 +17,20 @@ ABSENT = "absent"  # neither: this kernel has no conntrack
 
 
 def module_state(release: str | None = None, sys_module: str = "/sys/module",
-                 modules_dir: str = "/lib/modules") -> str:
+                 modules_dir: str = "/lib/modules", proc_modules: str = "/proc/modules") -> str:
     if os.path.exists(STAT_PATH) or os.path.isdir(os.path.join(sys_module, MODULE)):
         return LOADED
-    if _module_file_exists(os.path.join(modules_dir, release or platform.release())):
+    if _module_file_exists(os.path.join(modules_dir, release or platform.release()), proc_modules):
         return LOADABLE
     return ABSENT
 
 
-def _module_file_exists(tree: str) -> bool:
-    """The module is listed in this kernel's modules.dep (what modprobe loads from)."""
+def _module_file_exists(tree: str, proc_modules: str) -> bool:
+    """The module is listed in this kernel's modules.dep (what modprobe loads from).
+    A modules tree we cannot see, on a kernel that loads modules, counts as listing it:
+    systemd's ProtectKernelModules=yes shows the unit an empty /lib/modules, and a
+    sensor that waits for a module that never comes costs nothing, while one that
+    gives up misses conntrack for good."""
     try:
         with open(os.path.join(tree, "modules.dep")) as f:
             for line in f:
@@ -34,7 +38,7 @@ def _module_file_exists(tree: str) -> bool:
                 if os.path.basename(path).split(".ko", 1)[0] == MODULE:
                     return True
     except OSError:
-        pass
+        return os.path.exists(proc_modules)  # no tree to read: loadable if the kernel loads modules
     return False
 
 

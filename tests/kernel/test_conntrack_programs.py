@@ -21,6 +21,9 @@ from timescale import scaled
 
 PROGRAMS = ["confirm_entry", "confirm_return", "clash_entry", "clash_return", "alloc_entry",
             "early_drop_entry", "early_drop_return", "alloc_return"]
+# the same probes as fentry/fexit programs (loaded only where the kernel takes trampolines)
+TRAMPOLINE_PROGRAMS = ["confirm_fentry", "confirm_fexit", "clash_fentry", "clash_fexit", "alloc_fentry",
+                       "early_drop_fentry", "early_drop_fexit", "alloc_fexit"]
 
 
 @pytest.fixture(autouse=True)
@@ -103,21 +106,39 @@ def test_flows_written_by_the_kernel_side_are_drained_and_rendered(bpf):
     assert sensor.losses() == {"kernel": 0}
 
 
+NO_KPROBES = ct.kprobes_unavailable_reason()
+
+
+def no_fentry() -> str | None:
+    """Why conntrack's fentry/fexit programs cannot go on here; asked in the test, once the
+    autouse fixture has loaded nf_conntrack (its functions' BTF comes with the module)."""
+    return ct.fentry_refused_reason("__nf_conntrack_confirm")
+# what each per-packet path attaches first, as the attach path names it
+RETURN_PROBE = {"fentry": "fexit __nf_conntrack_confirm", "kprobe": "kretprobe __nf_conntrack_confirm"}
+
+
 def test_the_sensor_says_which_per_packet_path_it_takes_and_why():
     status = ct.ConntrackSensor().check()
     assert status.can_run
-    no_kprobes = ct.kprobes_unavailable_reason()
-    if no_kprobes is None:
-        assert "kretprobe __nf_conntrack_confirm" in status.attach_path and status.details["per_packet"] == "kprobe"
+    refused = no_fentry()
+    if refused is None:  # trampolines first: no perf event needed
+        assert RETURN_PROBE["fentry"] in status.attach_path and status.details["per_packet"] == "fentry"
+    elif NO_KPROBES is None:
+        assert RETURN_PROBE["kprobe"] in status.attach_path and status.details["per_packet"] == "kprobe"
+        assert refused in status.details["fentry"]
+    if refused is None or NO_KPROBES is None:
         forced = ct.ConntrackSensor(per_packet="correlation").check()
         assert forced.can_run and "(as configured)" in forced.reason
     else:
-        assert status.reason.startswith("kprobes unavailable")
+        assert refused in status.reason and NO_KPROBES in status.reason
+        assert "kprobes unavailable" in status.reason
         assert "correlation with the drop sensor's NETFILTER_DROP" in status.reason
         assert status.attach_path.startswith(f"{ct.COUNTERS_PATH} + correlation with the drop sensor's "
                                              "NETFILTER_DROP (")
         forced = ct.ConntrackSensor(per_packet="kprobe").check()
         assert not forced.can_run and "kprobes unavailable" in forced.reason
+        forced = ct.ConntrackSensor(per_packet="fentry").check()
+        assert not forced.can_run and refused in forced.reason
 
 
 def test_doctor_reports_the_conntrack_path_and_reason():
@@ -128,9 +149,11 @@ def test_doctor_reports_the_conntrack_path_and_reason():
     report = json.loads(out.stdout)
     (status,) = [s for s in report["sensors"] if s["name"] == "conntrack"]
     assert status["can_run"] is True
-    assert report["kprobes"]["available"] is (ct.kprobes_unavailable_reason() is None)
-    if report["kprobes"]["available"]:
-        assert "kprobe __nf_conntrack_confirm" in status["attach_path"]
+    assert report["kprobes"]["available"] is (NO_KPROBES is None)
+    if no_fentry() is None:
+        assert RETURN_PROBE["fentry"] in status["attach_path"]
+    elif report["kprobes"]["available"]:
+        assert RETURN_PROBE["kprobe"] in status["attach_path"]
     else:
         assert "CONFIG_KPROBES" in status["reason"] and "NETFILTER_DROP" in status["reason"]
     if module_btf_names():
@@ -171,8 +194,8 @@ def ours():
     return found
 
 out = {"before": ours(), "runs": []}
-for _ in range(2):
-    sensor = ct.ConntrackSensor(per_packet="kprobe")
+for via in json.loads(sys.argv[2]) * 2:
+    sensor = ct.ConntrackSensor(per_packet=via)
     path = sensor.attach()
     maps = open("/proc/self/maps").read()
     out["runs"].append({"path": path, "hits": bpfchild.bytecode_cache.hits, "attached": sorted(ours()),
@@ -186,25 +209,29 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(ct.kprobes_unavailable_reason() is not None,
-                    reason=str(ct.kprobes_unavailable_reason()))
 def test_kprobes_load_out_of_process_and_a_restart_loads_them_from_the_cache(tmp_path):
-    """The agent never maps LLVM for the conntrack kprobes (they are compiled in the loader's
-    child process), a second attach loads every program from the bytecode cache, and a
-    detach leaves none of them in the kernel."""
+    """The agent never maps LLVM for the conntrack probes, fentry/fexit or kprobes (they are
+    compiled in the loader's child process), a second attach of each loads every program
+    from the bytecode cache, and a detach leaves none of them in the kernel. One process
+    for both paths: a Python start under TCG takes seconds."""
     import json
 
+    vias = [via for via, refused in (("fentry", no_fentry()), ("kprobe", NO_KPROBES)) if refused is None]
+    if not vias:
+        pytest.skip(f"{NO_KPROBES}; {no_fentry()}")
     env = dict(os.environ, NETAGENT_CACHE_DIR=str(tmp_path))  # empty: the first attach compiles
-    run = subprocess.run([sys.executable, "-c", KPROBES_OUT_OF_PROCESS, json.dumps(PROGRAMS)], capture_output=True,
-                         text=True, env=env,
-                         timeout=scaled(600))
+    run = subprocess.run([sys.executable, "-c", KPROBES_OUT_OF_PROCESS, json.dumps(PROGRAMS + TRAMPOLINE_PROGRAMS),
+                          json.dumps(vias)],
+                         capture_output=True, text=True, env=env, timeout=scaled(600))
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.splitlines()[-1])
-    first, second = out["runs"]
-    assert "kretprobe __nf_conntrack_confirm" in first["path"] and second["path"] == first["path"]
-    assert (first["hits"], second["hits"]) == (0, 1)
-    for attach in (first, second):
-        assert attach["attached"] == attach["plan"] and not attach["bcc"] and not attach["llvm"]
+    firsts, seconds = out["runs"][:len(vias)], out["runs"][len(vias):]
+    for i, (via, first, second) in enumerate(zip(vias, firsts, seconds)):
+        assert RETURN_PROBE[via] in first["path"] and second["path"] == first["path"], via
+        # the cache counts hits over the process: the first pass compiles each path once
+        assert (first["hits"], second["hits"]) == (0, len(vias) + i), via
+        for attach in (first, second):
+            assert attach["attached"] == attach["plan"] and not attach["bcc"] and not attach["llvm"], via
     assert out["after"] == out["before"] == []
 
 
@@ -215,6 +242,8 @@ def test_a_kprobe_path_that_cannot_attach_falls_back_to_correlation_and_says_why
     counters and correlation, and says why; it never goes off."""
     notes = []
     sensor = ct.ConntrackSensor(per_packet="auto", announce=notes.append)
+    planned = sensor.check().details["per_packet"]  # fentry where trampolines work, else kprobe
+    refused = f"{ct.PROBES_NAMED[planned]} could not be attached"
     real_plan = ct.KprobePlan
 
     def refused_plan(*args, **kwargs):
@@ -227,9 +256,9 @@ def test_a_kprobe_path_that_cannot_attach_falls_back_to_correlation_and_says_why
     try:
         assert sensor.per_packet_mode == "correlation"
         assert path.startswith(ct.COUNTERS_PATH + " + correlation with the drop sensor's NETFILTER_DROP")
-        assert "kprobes could not be attached" in sensor.per_packet_reason
+        assert refused in sensor.per_packet_reason
         assert "netagent_no_such_function" in sensor.per_packet_reason
-        assert any("kprobes could not be attached" in n for n in notes)
+        assert any(refused in n for n in notes)
         assert sensor.poll()  # counters still flow
     finally:
         sensor.detach()

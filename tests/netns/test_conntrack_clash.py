@@ -11,7 +11,7 @@ import pytest
 
 from lab import run_py
 from netagent.conntrack.stats import delta
-from netagent.probes.conntrack import ConntrackSensor, kprobes_unavailable_reason
+from netagent.probes.conntrack import ConntrackSensor
 from test_conntrack_lab import (  # noqa: F401 - clash_lab is a fixture
     SYN_RACE,
     UDP_CLASH,
@@ -59,12 +59,13 @@ def test_udp_clash_through_dnat_is_counted_like_the_kernel(clash_lab):
         resolved = [e for e in events if e["event"]["action"] == "clash-resolved"]
         assert resolved and all(e["event"]["kind"] == "event" for e in resolved)
         # from the counters, every kernel; per packet (no "deltas", a count and the flow) also
-        # from the kretprobe on nf_ct_resolve_clash where kprobes exist
+        # from the fexit program or kretprobe on nf_ct_resolve_clash where the kernel has them
         from_counters = [e for e in resolved if "deltas" in e["netagent"]["conntrack"]]
         assert sum(e["netagent"]["conntrack"]["deltas"]["clash_resolve"] for e in from_counters) == kernel[
             "clash_resolve"]
-        per_packet = [e for e in resolved if e["netagent"]["conntrack"].get("attribution") == "kprobe"]
-        if sensor.per_packet_mode == "kprobe" and per_packet:
+        per_packet = [e for e in resolved
+                      if e["netagent"]["conntrack"].get("attribution") == sensor.per_packet_mode]
+        if sensor.per_packet_mode in ("fentry", "kprobe") and per_packet:
             assert sum(e["netagent"]["conntrack"]["count"] for e in per_packet) == kernel["clash_resolve"]
             assert all(e["network"]["transport"] == "udp" for e in per_packet)
     if kernel["insert_failed"]:
@@ -75,7 +76,7 @@ def test_udp_clash_through_dnat_is_counted_like_the_kernel(clash_lab):
 def test_tcp_syn_race_is_an_insert_failure_with_its_flow(clash_lab):
     """TCP may not merge clashing entries: a lost race drops the packet
     (insert_failed + drop) in __nf_conntrack_confirm, which the drop sensor
-    sees as NETFILTER_DROP; without kprobes the flow comes by correlation."""
+    sees as NETFILTER_DROP; without trampolines or kprobes the flow comes by correlation."""
     client, router, _ = clash_lab
     router.run("iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
     sensor = ConntrackSensor(netns=[router.name], interval=0.5)
@@ -96,9 +97,10 @@ def test_tcp_syn_race_is_an_insert_failure_with_its_flow(clash_lab):
     counter_alerts = [e for e in alerts if "deltas" in e["netagent"]["conntrack"]]
     assert counter_alerts and all(e["event"]["kind"] == "alert" for e in counter_alerts)
     assert sum(e["netagent"]["conntrack"]["deltas"]["insert_failed"] for e in counter_alerts) == kernel["insert_failed"]
-    if sensor.per_packet_mode == "kprobe":
-        # every failed insert, per packet, with its 5-tuple, from the kretprobe on __nf_conntrack_confirm
-        flows = [e for e in alerts if e["netagent"]["conntrack"].get("attribution") == "kprobe"]
+    if sensor.per_packet_mode in ("fentry", "kprobe"):
+        # every failed insert, per packet, with its 5-tuple, from the fexit program or kretprobe on
+        # __nf_conntrack_confirm
+        flows = [e for e in alerts if e["netagent"]["conntrack"].get("attribution") == sensor.per_packet_mode]
         assert sum(e["netagent"]["conntrack"]["count"] for e in flows) == kernel["insert_failed"]
         for e in flows:
             assert e["destination"] == {"ip": "10.79.2.1", "port": 80}

@@ -15,7 +15,7 @@ import pytest
 
 from agent_proc import NETAGENT, AgentProcess
 from netagent.conntrack.stats import delta
-from netagent.probes.conntrack import ConntrackSensor, kprobes_unavailable_reason
+from netagent.probes.conntrack import ConntrackSensor, fentry_refused_reason, kprobes_unavailable_reason
 from lab import send_new_udp_flows
 from test_conntrack_lab import (  # noqa: F401 - ct_pair is a fixture
     conntrack_max,
@@ -74,10 +74,23 @@ def actions(events, action):
     return [e for e in events if e["event"]["action"] == action]
 
 
+def per_packet_path(asked: str) -> str:
+    """The per-packet mode the sensor must end up in when `asked` for one: auto takes
+    fentry/fexit where the kernel takes trampolines, else kprobes, else correlation."""
+    if asked == "kprobe":
+        return "kprobe"
+    if fentry_refused_reason("__nf_conntrack_confirm") is None:
+        return "fentry"
+    return "kprobe" if kprobes_unavailable_reason() is None else "correlation"
+
+
 @pytest.mark.timeout(scaled(90))
-def test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts(ct_pair):
+@pytest.mark.parametrize("asked", ["auto", "kprobe"])
+def test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts(ct_pair, asked):
+    if asked == "kprobe" and kprobes_unavailable_reason():
+        pytest.skip(kprobes_unavailable_reason())
     client, server = ct_pair
-    sensor = ConntrackSensor(netns=[server.name], interval=0.5)
+    sensor = ConntrackSensor(netns=[server.name], interval=0.5, per_packet=asked)
     sensor.attach()
     try:
         events, kernel, limit = fill_the_table(client, server, sensor.poll)
@@ -96,15 +109,15 @@ def test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts(ct_pair
     assert counter_alert and counter_alert[0]["event"]["kind"] == "alert"
     assert f"{kernel['drop']} packets dropped" in counter_alert[0]["message"]
 
-    # per packet, from kprobes where the kernel has them: every dropped packet and every eviction
-    assert sensor.per_packet_mode == ("kprobe" if kprobes_unavailable_reason() is None else "correlation"), \
-        sensor.per_packet_reason
-    if sensor.per_packet_mode == "kprobe":
+    # per packet, from fentry/fexit or kprobes where the kernel has them: every dropped packet and
+    # every eviction
+    assert sensor.per_packet_mode == per_packet_path(asked), sensor.per_packet_reason
+    if sensor.per_packet_mode in ("fentry", "kprobe"):
         # table-full alerts carry two outcomes: "dropped" (the kernel's `drop`) and
         # "evicted-other-entry" (its `early_drop`). early_drop() scans only a few hash
         # buckets for an unreplied entry, so whether one of the flood's packets makes room
         # is chance (seen on 6.12: drop 29, early_drop 1); each outcome sums to its counter.
-        kprobe_alerts = [e for e in alerts if e["netagent"]["conntrack"].get("attribution") == "kprobe"]
+        kprobe_alerts = [e for e in alerts if e["netagent"]["conntrack"].get("attribution") == sensor.per_packet_mode]
         assert {e["netagent"]["conntrack"]["outcome"] for e in kprobe_alerts} <= {"dropped", "evicted-other-entry"}
         flows = [e for e in kprobe_alerts if e["netagent"]["conntrack"]["outcome"] == "dropped"]
         assert sum(e["netagent"]["conntrack"]["count"] for e in flows) == kernel["drop"]
@@ -115,7 +128,7 @@ def test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts(ct_pair
         # one event per packet that made room; a call may evict several entries (early_drop counts entries)
         assert bool(evicted) == bool(kernel["early_drop"])
         assert sum(e["netagent"]["conntrack"]["count"] for e in evicted) <= kernel["early_drop"]
-    # per flow, by correlation with NETFILTER_DROP (kernels without kprobes)
+    # per flow, by correlation with NETFILTER_DROP (kernels without trampolines or kprobes)
     elif sensor.per_packet_mode == "correlation":
         flows = [e for e in alerts if "count" in e["netagent"]["conntrack"]]
         assert sum(e["netagent"]["conntrack"]["count"] for e in flows) == kernel["drop"]

@@ -263,10 +263,11 @@ def drops_in(events: list[dict], inode: int) -> dict:
         if ev.get("network", {}).get("transport") != "udp":
             continue
         port = ev.get("destination", {}).get("port")
-        entry = by_port.setdefault(port, {"count": 0, "interfaces": set(), "ifindexes": set()})
+        entry = by_port.setdefault(port, {"count": 0, "interfaces": set(), "ifindexes": set(), "locations": set()})
         entry["count"] += d.get("count", 0)
         entry["interfaces"].add(d.get("interface"))
         entry["ifindexes"].add(d.get("ifindex"))
+        entry["locations"].add(d.get("location"))
     return by_port
 
 
@@ -388,6 +389,8 @@ def facts():
     r["nf_conntrack_loaded"] = os.path.isdir("/sys/module/nf_conntrack")
     r["kallsyms_confirm"] = run("grep", "-c", " __nf_conntrack_confirm", "/proc/kallsyms").stdout.strip()
     r["headers"] = os.path.isdir(f"/lib/modules/{os.uname().release}/build/include")
+    # what the agent reads in place of /proc/kallsyms, which ProtectKernelTunables=yes hides
+    r["kallsyms_env"] = run("systemctl", "show", "-p", "Environment", "--value", UNIT).stdout.strip()
     shutil.copy(CONFIG, "/root/netagent.toml.packaged")
 
 
@@ -444,7 +447,8 @@ def drops():
     r["marker_seen"] = wait_marker(pod, 30099)
     by_port = drops_in(journal_events(), pod.inode)
     r["journal"] = {port: {"count": v["count"], "interfaces": sorted(map(str, v["interfaces"])),
-                           "ifindexes": sorted(map(str, v["ifindexes"]))}
+                           "ifindexes": sorted(map(str, v["ifindexes"])),
+                           "locations": sorted(map(str, v["locations"]))}
                     for port, v in by_port.items() if port in sent}
     r["journal_total"] = sum(v["count"] for port, v in by_port.items() if port in sent)
     ev = next((e for e in journal_events() if e.get("netagent", {}).get("drop", {}).get("netns") == pod.inode), None)

@@ -21,7 +21,7 @@ def run_main(args, capsys):
     (["--interval", "soon"], "bad duration"),
     (["--interval", "10ms"], "at least 50ms"),
     (["--duration", "-1"], "bad duration"),
-    (["--per-packet", "always"], "'auto', 'kprobe', 'correlation', 'off'"),
+    (["--per-packet", "always"], "'auto', 'fentry', 'kprobe', 'correlation', 'off'"),
     (["--counters", "sometimes"], "'always', 'changes', 'never'"),
     (["--output", "xml"], "'table', 'json'"),
 ])

@@ -49,15 +49,18 @@ CORE = (
     "tests/kernel/test_drops_attach.py::test_each_attach_path_counts_what_the_kernel_counts[raw_tracepoint]",
     # the kprobe drop path (kfree_skb_reason on 6.1, sk_skb_reason_drop on 6.12), same counts, clean detach
     "tests/kernel/test_drops_attach.py::test_each_attach_path_counts_what_the_kernel_counts[kprobe]",
-    # nf_conntrack loaded after the agent starts: it waits, then attaches with kprobes; clean detach
+    # nf_conntrack loaded after the agent starts: it waits, then attaches its per-packet probes
+    # (fentry/fexit, on the module's BTF that appeared with it); clean detach
     "tests/kernel/test_conntrack_module.py::test_the_sensor_waits_for_nf_conntrack_then_attaches_and_counts_from_the_load",
     # a type only nf_conntrack's module BTF has
     "tests/kernel/test_conntrack_programs.py::test_a_type_only_a_module_has_is_read_from_the_modules_btf",
-    # the conntrack kprobes compiled out of the agent's process (no LLVM mapped), a restart loading
-    # every one from the bytecode cache, none left after detach
+    # the conntrack fentry/fexit programs and kprobes compiled out of the agent's process (no LLVM
+    # mapped), a restart loading every one from the bytecode cache, none left after detach
     "tests/kernel/test_conntrack_programs.py::test_kprobes_load_out_of_process_and_a_restart_loads_them_from_the_cache",
-    # per-packet table-full from kprobes summing to the kernel's drop delta
-    "tests/netns/test_conntrack_table_full.py::test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts",
+    # per-packet table-full summing to the kernel's drop delta: by the path auto takes (fentry/fexit)
+    # and by kprobes
+    "tests/netns/test_conntrack_table_full.py::test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts[auto]",
+    "tests/netns/test_conntrack_table_full.py::test_overflow_is_reported_as_table_full_with_the_kernels_drop_counts[kprobe]",
 )
 # Bound for one CORE guest run (boot included), both VMs at once. A hang guard, not a
 # speed target: with `yes > /dev/null` on one of this machine's two CPUs (issue 13's
