@@ -24,6 +24,14 @@ from netagent.jsonline import dumps_line
 from netagent.watchdog import IDLE_WAKE, WATCHDOG
 
 PLACES = ("kernel", "queue", "sink", "spool")
+# The dispatcher runs the processors and serialises a batch this many events at a time. The first
+# processor (the enrichment stage) is the first to touch an event's dicts since the sensor built
+# them, mostly from main memory; serialising those events right after, while they are still in the
+# CPU's cache, is cheaper than the stage's pass over a whole batch (1024 events, a few MB of dicts)
+# followed by a second pass that fetches them again. bench/enrich_micro.py, stage + encoding per
+# event (median of 5): 3.8 us in passes of 1000, 3.3 of 256, 3.0 of 64 and of 16, 3.4 of 1 (the
+# processors' calls per chunk take over).
+CHUNK = 64
 
 
 class EventQueue:
@@ -135,8 +143,6 @@ class Pipeline:
         self._busy = False
 
     def _run(self) -> None:
-        stamp = self.sequencer.stamp
-        by_dataset = self.by_dataset
         while True:
             batch = self.queue.get_batch(self.batch, IDLE_WAKE)  # woken by a publish or by stop()
             if not batch:
@@ -145,28 +151,40 @@ class Pipeline:
                     return
                 continue
             self._busy = True
-            if self.processors:
-                batch = self._process(batch)
             sinks = self._sinks  # one reference per batch: a reload swaps the list whole
+            processors = self.processors
             self._batch_mark = (len(batch), self.emitted + self.encode_failed)
-            for event in batch:
-                stamp(event)
-                try:
-                    line = dumps_line(event)
-                except Exception:
-                    # the sequence number is spent: a visible gap, counted here
-                    self.encode_failed += 1
-                    continue
-                self.emitted += 1
-                dataset = event["event"].get("dataset", "")
-                by_dataset[dataset] = by_dataset.get(dataset, 0) + 1
-                for sink in sinks:
-                    try:
-                        sink.submit(line, event)
-                    except Exception:
-                        self.submit_failed += 1
+            for start in range(0, len(batch), CHUNK):
+                part = batch[start:start + CHUNK]
+                if processors:
+                    part = self._process(part)
+                    # what a failure from here on would lose: this part (as processed) and the rest
+                    self._batch_mark = (len(part) + max(0, len(batch) - start - CHUNK),
+                                        self.emitted + self.encode_failed)
+                self._emit(part, sinks)
             self._batch_mark = None
             self._busy = len(self.queue) > 0
+
+    def _emit(self, events: list[dict], sinks: list) -> None:
+        """Stamp, serialise once and hand to every sink."""
+        stamp = self.sequencer.stamp
+        by_dataset = self.by_dataset
+        for event in events:
+            stamp(event)
+            try:
+                line = dumps_line(event)
+            except Exception:
+                # the sequence number is spent: a visible gap, counted here
+                self.encode_failed += 1
+                continue
+            self.emitted += 1
+            dataset = event["event"].get("dataset", "")
+            by_dataset[dataset] = by_dataset.get(dataset, 0) + 1
+            for sink in sinks:
+                try:
+                    sink.submit(line, event)
+                except Exception:
+                    self.submit_failed += 1
 
     def _process(self, batch: list[dict]) -> list[dict]:
         for processor in self.processors:

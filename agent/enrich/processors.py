@@ -344,19 +344,22 @@ class Attributor(Processor):
                 if node_fields is not None and "kubernetes" not in event:
                     event.update(node_fields)  # heartbeats, host metrics: the node, no namespace
             else:
+                # keyed by the value as the sensor wrote it (an inode, or a --netns spec such as
+                # "host"); a drop's answer also depends on its interface, unless the sensor named it.
+                # Subscripts, not .get(): a missing field or a namespace seen for the first time is
+                # the rare case (_first_answer), and a try costs nothing while nothing is raised
                 part, field, is_drop = where
-                body = netagent.get(part)
-                if body:
-                    # keyed by the value as the sensor wrote it (an inode, or a --netns spec such as
-                    # "host"); a drop's answer also depends on its interface, unless the sensor named it
-                    key = body.get(field)
-                    ifindex = (0 if body.get("interface") else body.get("ifindex") or 0) if is_drop else 0
-                    try:
-                        view = views[is_drop][key][ifindex]
-                    except KeyError:  # the first event of this namespace and interface
-                        view = None
-                    if view is None or (view[3] and now >= view[3]):
+                try:
+                    body = netagent[part]
+                    key = body[field]
+                    ifindex = (0 if body["interface"] else body["ifindex"] or 0) if is_drop else 0
+                    view = views[is_drop][key][ifindex]
+                except (KeyError, TypeError):
+                    body, view = self._first_answer(netagent, where, now)
+                else:
+                    if view[3] and now >= view[3]:  # nothing could answer it: worked out again
                         view = self._remember(key, ifindex, is_drop, now)
+                if view is not None:
                     top, add, flags, _retry = view
                     if top:
                         event.update(top)
@@ -383,6 +386,24 @@ class Attributor(Processor):
                 elif dst is not None:
                     netagent["kubernetes"] = dst.as_destination
         return events
+
+    def _first_answer(self, netagent: dict, where: tuple, now: float) -> tuple:
+        """(the dataset's object, its answer) for an event process() could not answer by
+        subscripts: a field missing, or the first event of its namespace and interface.
+        The answer is None when there is nothing to answer for (no object, or an empty one)."""
+        part, field, is_drop = where
+        body = netagent.get(part)
+        if not body:
+            return body, None
+        key = body.get(field)
+        ifindex = (0 if body.get("interface") else body.get("ifindex") or 0) if is_drop else 0
+        try:
+            view = self._views[is_drop][key][ifindex]
+        except KeyError:
+            view = None
+        if view is None or (view[3] and now >= view[3]):
+            view = self._remember(key, ifindex, is_drop, now)
+        return body, view
 
     def _remember(self, key, ifindex: int, is_drop: bool, now: float) -> tuple:
         """Work out the answer for (namespace, interface) and keep it (bounded)."""

@@ -201,3 +201,88 @@ def test_idle_threads_sleep_until_work_yet_stop_at_once():
     assert not pipeline._thread.is_alive(), "stop() left the dispatcher asleep"
     sink.close(1.0)  # joins the delivery thread for at most 1 s
     assert not sink._thread.is_alive(), "close() left the delivery thread asleep"
+
+
+class ListSink:
+    name, TYPE = "list", "test"
+
+    def __init__(self):
+        self.events = []
+
+    def submit(self, line, event):
+        self.events.append((orjson.loads(line), event))
+
+    def losses(self):
+        return {}
+
+    def status(self):
+        return {}
+
+
+def test_processors_get_a_batch_in_chunks_each_serialised_before_the_next():
+    """The dispatcher runs the processors on CHUNK events, then serialises those, then the
+    next CHUNK (cache locality, see pipeline.CHUNK): every event still goes through every
+    processor once, in order, with contiguous sequence numbers, and what a per-event
+    processor adds travels with its chunk."""
+    from netagent.pipeline import CHUNK
+
+    seen_sizes, emitted_before = [], []
+    sink = ListSink()
+
+    class BatchStage:
+        def process_batch(self, batch):
+            seen_sizes.append(len(batch))
+            emitted_before.append(len(sink.events))
+            for event in batch:
+                event["netagent"]["enriched"] = True
+            return batch
+
+    def finding_every_100th(event):
+        out = [event]
+        if event["netagent"]["i"] % 100 == 99:
+            out.append(new_event(dataset="netagent.finding", action="found", netagent={"i": -1}))
+        return out
+
+    n = 3 * CHUNK + 5
+    pipe = Pipeline([sink], capacity=1000, processors=[BatchStage(), finding_every_100th])
+    assert pipe.publish(events(n)) == n  # before start: one batch of n for the dispatcher
+    pipe.start()
+    assert pipe.drain(5.0)
+    pipe.stop(1.0)
+    assert seen_sizes == [CHUNK, CHUNK, CHUNK, 5]
+    # each chunk was sent on (with the findings its events made) before the next was processed
+    findings_before = [sum(1 for i in range(k * CHUNK) if i % 100 == 99) for k in range(4)]
+    assert emitted_before == [k * CHUNK + findings_before[k] for k in range(4)]
+    lines = [line for line, _ in sink.events]
+    assert [e["event"]["sequence"] for e in lines] == list(range(1, n + 1 + n // 100))
+    assert [e["netagent"]["i"] for e in lines if e["event"]["dataset"] == "netagent.test"] == list(range(n))
+    assert all(e["netagent"]["enriched"] for e in lines if e["event"]["dataset"] == "netagent.test")
+    assert pipe.processor_failed == 0 and pipe.losses()["queue"] == 0
+
+
+def test_a_dispatch_failure_in_a_later_chunk_counts_exactly_the_rest_lost():
+    """A bug that ends dispatch in the middle of a batch: what was sent stays sent, the
+    rest of the batch (the failed chunk's remainder and the chunks after it) is counted
+    at 'queue', exactly."""
+    from netagent.pipeline import CHUNK
+
+    sink = ListSink()
+    pipe = Pipeline([sink], capacity=1000, processors=[lambda event: [event]])
+    real_stamp, calls = pipe.sequencer.stamp, {"n": 0}
+    fail_at = CHUNK + 10  # the 11th event of the second chunk
+
+    def stamp(event):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise RuntimeError("a bug in dispatch")
+        return real_stamp(event)
+
+    pipe.sequencer.stamp = stamp
+    n = 3 * CHUNK
+    assert pipe.publish(events(n)) == n
+    pipe.start()
+    assert wait_until(lambda: pipe.losses()["queue"] > 0, timeout=10)
+    assert pipe.drain(5.0)
+    pipe.stop(1.0)
+    assert len(sink.events) == fail_at - 1
+    assert pipe.losses()["queue"] == n - (fail_at - 1)
