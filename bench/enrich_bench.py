@@ -129,13 +129,14 @@ def cpu_seconds() -> float:
     return t.user + t.system
 
 
-def run(events: list[dict], workdir: str, enricher: Enricher | None, rate: float | None) -> dict:
+def run(events: list[dict], workdir: str, enricher: Enricher | None, rate: float | None,
+        pipeline_class=Pipeline) -> dict:
     from netagent.sinks.file import FileSink
 
     sink = FileSink("file", os.path.join(workdir, "events.json"), max_bytes=64 * 2**20, backups=1, capacity=50000)
     timed = TimedEnricher(enricher) if enricher else None
     processors = [timed] if timed else []
-    pipe = Pipeline([sink], capacity=65536, processors=processors)
+    pipe = pipeline_class([sink], capacity=65536, processors=processors)
     sink.start()
     pipe.start()
     c0, t0 = cpu_seconds(), time.perf_counter()
@@ -161,6 +162,15 @@ def run(events: list[dict], workdir: str, enricher: Enricher | None, rate: float
             "stage_cpu_seconds": timed.cpu_seconds if timed else 0.0}
 
 
+def paced_setup(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[PodInfo], int]:
+    """What every enrichment bench starts with: --seconds added and the arguments parsed, this
+    process pinned to one CPU, the pods, and the events of one paced run."""
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of each paced run")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    return args, make_pods(), int(RATE * args.seconds)
+
+
 def summary(values: list[float], digits: int = 4) -> dict:
     return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
             "max": round(max(values), digits)}
@@ -169,12 +179,8 @@ def summary(values: list[float], digits: int = 4) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=2.0, help="length of each paced run")
     parser.add_argument("--unpaced-events", type=int, default=100_000)
-    args = parser.parse_args()
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    pods = make_pods()
-    paced_n = int(RATE * args.seconds)
+    args, pods, paced_n = paced_setup(parser)
     rounds = []
     with tempfile.TemporaryDirectory(prefix="enrich-bench-") as workdir:
         for r in range(args.rounds):
