@@ -60,7 +60,7 @@ CT_COUNT = struct.Struct("<QQQ")
 CtFlow = namedtuple("CtFlow", "netns kind l4 l3 saddr daddr sport dport")
 # the maps user space keeps: the two flow buffers, the slot that says which one the programs
 # fill, and the loss and hit counters
-KPROBE_MAPS = ["flows_a", "flows_b", "active_flows", "lost", "hits"]
+PROBE_MAPS = ["flows_a", "flows_b", "active_flows", "lost", "hits"]
 
 KIND_ACTIONS = {1: "insert-failed", 2: "clash-resolved", 3: "table-full", 4: "table-full"}
 KIND_OUTCOMES = {1: "dropped", 2: "merged", 3: "dropped", 4: "evicted-other-entry"}
@@ -142,7 +142,7 @@ NARGS_MACROS = {"__nf_conntrack_confirm": "CONFIRM_NARGS", "nf_ct_resolve_clash"
                 "__nf_conntrack_alloc": "ALLOC_NARGS", "early_drop": "EARLY_DROP_NARGS"}
 
 
-class KprobePlan:
+class ProbePlan:
     """Which functions the kernel lets us probe, and how, with the macros the C needs.
 
     `via` "kprobe": kprobes/kretprobes (perf events of the kprobe PMU); "fentry":
@@ -275,7 +275,7 @@ def struct_offsets(btf) -> dict[str, int]:
     }
 
 
-def build_macros(plan: KprobePlan, btf, filter_netns: int = 0, max_flows: int = MAX_FLOWS) -> dict:
+def build_macros(plan: ProbePlan, btf, filter_netns: int = 0, max_flows: int = MAX_FLOWS) -> dict:
     macros = struct_offsets(btf)
     macros.update(plan.macros)
     macros["FILTER_NETNS"] = f"{filter_netns}U"
@@ -289,12 +289,12 @@ def compile_probes(macros: dict):
     return compile_program("conntrack", macros)
 
 
-def kprobe_spec(plan: KprobePlan, macros: dict) -> bpfchild.ProgramSpec:
+def probes_spec(plan: ProbePlan, macros: dict) -> bpfchild.ProgramSpec:
     """Every program of the plan, sharing conntrack.bpf.c's maps, as one spec for the loader
     (compiled in its child process, or loaded from the bytecode cache on a restart). The
     first buffer is active before any program is attached."""
     (kind, function, program), *more = plan.probes
-    return bpfchild.ProgramSpec("conntrack", program, kind, function, macros, maps=list(KPROBE_MAPS),
+    return bpfchild.ProgramSpec("conntrack", program, kind, function, macros, maps=list(PROBE_MAPS),
                                 setup=[{"map": "active_flows", "key": 0, "map_fd": "flows_a"}],
                                 more=[list(p) for p in more], btf_functions=dict(plan.btf_functions))
 
@@ -402,9 +402,9 @@ class ConntrackSensor(CounterHandover, Sensor):
         self._full: dict[int, bool] = {}
         self._caveat: str | None = None
         self._next_discovery = 0.0
-        self._kprobes: bpfchild.LoadedProgram | None = None  # programs and maps of the kprobe path
+        self._function_probes: bpfchild.LoadedProgram | None = None  # programs and maps of the fentry or kprobe path
         self._active = 0
-        self._plan: KprobePlan | None = None
+        self._plan: ProbePlan | None = None
         self._drops = None  # DropSensor of our own in correlation mode
         self._feed = None  # or a FlowSubscription to the running drop sensor's flows (one kfree_skb program)
         self._feed_lost = 0  # correlation flows the subscription could not keep (counted)
@@ -470,7 +470,7 @@ class ConntrackSensor(CounterHandover, Sensor):
         self.per_packet_reason = reason
         if mode in FUNCTION_PROBE_MODES:
             try:
-                path = self._attach_kprobes()
+                path = self._attach_function_probes()
             except (ProbeUnavailable, InsufficientPrivilege) as exc:
                 self._detach_per_packet()
                 if self.per_packet != "auto":
@@ -589,11 +589,11 @@ class ConntrackSensor(CounterHandover, Sensor):
                 self._full[inode] = predecessor._full.get(inode, False)
 
     def _detach_per_packet(self) -> None:
-        if self._kprobes is not None:
+        if self._function_probes is not None:
             try:
-                self._kprobes.close()
+                self._function_probes.close()
             finally:
-                self._kprobes = None
+                self._function_probes = None
         if self._drops is not None:
             try:
                 self._note_drop_losses()
@@ -749,12 +749,12 @@ class ConntrackSensor(CounterHandover, Sensor):
             return 0
         return next(iter(self._namespaces))
 
-    def _function_plan(self, via: str) -> tuple["KprobePlan | None", str | None]:
+    def _function_plan(self, via: str) -> tuple["ProbePlan | None", str | None]:
         """(the plan, None) when `via` (fentry or kprobe) can probe conntrack here, else (None, why).
         A fentry plan is kept only once the kernel took a trampoline on __nf_conntrack_confirm
         (a do-nothing test program): no compile for a path this kernel refuses."""
         try:
-            plan = KprobePlan(btf=_btf_or_none(), via=via)
+            plan = ProbePlan(btf=_btf_or_none(), via=via)
         except ProbeUnavailable as exc:
             return None, f"{PROBES_NAMED[via]} cannot be used: {exc}"
         if via == "fentry":
@@ -764,16 +764,16 @@ class ConntrackSensor(CounterHandover, Sensor):
         self._plan = plan
         return plan, None
 
-    def _attach_kprobes(self) -> str:
+    def _attach_function_probes(self) -> str:
         require_bpf(f"attach the conntrack {PROBES_NAMED[self._plan.via if self._plan else 'kprobe']}")
         btf = kernel_btf()
-        plan = self._plan or KprobePlan(btf=btf)
-        loaded = bpfchild.load(kprobe_spec(plan, build_macros(plan, btf, self._filter_netns())))
+        plan = self._plan or ProbePlan(btf=btf)
+        loaded = bpfchild.load(probes_spec(plan, build_macros(plan, btf, self._filter_netns())))
         if loaded.maps["flows_a"].key_size != CT_FLOW.size:
             loaded.close()
             raise ProbeUnavailable(f"conntrack.bpf.c flow key is {loaded.maps['flows_a'].key_size} bytes, "
                                    f"conntrack.py expects {CT_FLOW.size}")
-        self._kprobes = loaded
+        self._function_probes = loaded
         self._active = 0
         self._plan = plan
         return plan.describe()
@@ -813,9 +813,9 @@ class ConntrackSensor(CounterHandover, Sensor):
             return self._named(events)
         if self._drops is not None:
             return self._named(self._drops.poll())
-        if self._kprobes is None:
+        if self._function_probes is None:
             return []
-        maps = self._kprobes.maps
+        maps = self._function_probes.maps
         buffers = (maps["flows_a"], maps["flows_b"])
         old = buffers[self._active]
         self._active ^= 1
@@ -848,7 +848,7 @@ class ConntrackSensor(CounterHandover, Sensor):
         return [name(e) for e in events]
 
     def _update_bpf_losses(self):
-        lost, hits = per_cpu_totals(self._kprobes.maps["lost"]), per_cpu_totals(self._kprobes.maps["hits"])
+        lost, hits = per_cpu_totals(self._function_probes.maps["lost"]), per_cpu_totals(self._function_probes.maps["hits"])
         self._lost_full = lost.get(0, 0)
         self._lost_context = lost.get(1, 0)
         # Returns now against entries one poll ago: a call that entered an

@@ -33,7 +33,7 @@ def nf_conntrack_loaded():
 
 def compiled(filter_netns=0):
     btf = kernel_btf()
-    plan = ct.KprobePlan(btf=btf)
+    plan = ct.ProbePlan(btf=btf)
     return ct.compile_probes(ct.build_macros(plan, btf, filter_netns))
 
 
@@ -60,7 +60,7 @@ def test_argument_positions_and_offsets_come_from_this_kernels_btf():
     btf = kernel_btf()
     assert ct.function_params(btf, "__nf_conntrack_confirm")[0] == "skb"
     params = ct.function_params(btf, "__nf_conntrack_alloc")
-    plan = ct.KprobePlan(btf=btf)
+    plan = ct.ProbePlan(btf=btf)
     assert plan.macros["ALLOC_ORIG_ARG"] == params.index("orig") + 1
     assert plan.macros["ALLOC_NET_ARG"] == params.index("net") + 1
     offsets = ct.struct_offsets(btf)
@@ -74,9 +74,9 @@ def test_argument_positions_and_offsets_come_from_this_kernels_btf():
 
 
 def kept_maps(bpf) -> dict:
-    """The maps the sensor keeps (ct.KPROBE_MAPS) of a BCC object, as the loader hands them over."""
+    """The maps the sensor keeps (ct.PROBE_MAPS) of a BCC object, as the loader hands them over."""
     out = {}
-    for name in ct.KPROBE_MAPS:
+    for name in ct.PROBE_MAPS:
         fd = bpf[name.encode()].get_fd()
         info = bpfchild.map_info(fd)
         out[name] = bpfsys.RawMap(fd, info["key_size"], info["value_size"], info["max_entries"],
@@ -89,7 +89,7 @@ def test_flows_written_by_the_kernel_side_are_drained_and_rendered(bpf):
     sensor = ct.ConntrackSensor(per_packet="off")
     maps = kept_maps(bpf)
     maps["active_flows"].update(b"\0" * 4, maps["flows_a"].fd.to_bytes(4, "little"))
-    sensor._kprobes = bpfchild.LoadedProgram("kprobe", -1, -1, maps)
+    sensor._function_probes = bpfchild.LoadedProgram("kprobe", -1, -1, maps)
     sensor.watch_all = True
     assert maps["flows_a"].key_size == ct.CT_FLOW.size  # the layout conntrack.py unpacks
     saddr = int.from_bytes(ipaddress.ip_address("10.9.0.1").packed, "little")
@@ -245,14 +245,14 @@ def test_a_kprobe_path_that_cannot_attach_falls_back_to_correlation_and_says_why
     sensor = ct.ConntrackSensor(per_packet="auto", announce=notes.append)
     planned = sensor.check().details["per_packet"]  # fentry where trampolines work, else kprobe
     refused = f"{ct.PROBES_NAMED[planned]} could not be attached"
-    real_plan = ct.KprobePlan
+    real_plan = ct.ProbePlan
 
     def refused_plan(*args, **kwargs):
         plan = real_plan(*args, **kwargs)
         plan.probes.append(("kprobe", "netagent_no_such_function", "confirm_entry"))
         return plan
 
-    monkeypatch.setattr(ct, "KprobePlan", refused_plan)
+    monkeypatch.setattr(ct, "ProbePlan", refused_plan)
     path = sensor.attach()
     try:
         assert sensor.per_packet_mode == "correlation"
@@ -286,5 +286,5 @@ def test_a_type_only_a_module_has_is_read_from_the_modules_btf():
     # the prototypes of the module's functions are there too (on 6.12 nowhere else)
     assert btf.where("__nf_conntrack_confirm", (FUNC,)) == "nf_conntrack"
     assert btf.function_params("__nf_conntrack_confirm")[0] == "skb"
-    plan = ct.KprobePlan(btf=btf)
+    plan = ct.ProbePlan(btf=btf)
     assert "__nf_conntrack_confirm" not in plan.notes  # positions from BTF, not assumed

@@ -21,7 +21,7 @@ ffffffff81f38c60 t __nf_conntrack_alloc
 
 
 def test_plan_on_a_kernel_with_every_function():
-    plan = ct.KprobePlan(Symbolizer(KALLSYMS_ALL), btf=None, kallsyms_text=KALLSYMS_ALL)
+    plan = ct.ProbePlan(Symbolizer(KALLSYMS_ALL), btf=None, kallsyms_text=KALLSYMS_ALL)
     assert plan.describe() == (
         "kprobe __nf_conntrack_confirm, kretprobe __nf_conntrack_confirm, kprobe __nf_conntrack_alloc, "
         "kprobe early_drop, kretprobe early_drop")
@@ -41,27 +41,76 @@ def test_plan_takes_argument_positions_from_btf_prototypes(monkeypatch):
     protos = {"__nf_conntrack_confirm": ["skb"], "nf_ct_resolve_clash": ["net", "skb", "ctinfo", "h"],
               "__nf_conntrack_alloc": ["net", "zone", "orig", "repl", "gfp", "hash"], "early_drop": ["net", "hash"]}
     monkeypatch.setattr(ct, "function_params", lambda btf, name: btf.protos.get(name))
-    plan = ct.KprobePlan(Symbolizer(KALLSYMS_ALL), btf=FakeBtf(protos), kallsyms_text=KALLSYMS_ALL)
+    plan = ct.ProbePlan(Symbolizer(KALLSYMS_ALL), btf=FakeBtf(protos), kallsyms_text=KALLSYMS_ALL)
     assert plan.macros["CLASH_SKB_ARG"] == 2  # the pre-5.9 layout: (net, skb, ctinfo, h)
     assert ("kretprobe", "nf_ct_resolve_clash", "clash_return") in plan.probes
 
 
+class FakeModuleBtf(FakeBtf):
+    """Prototypes, type ids and owners, as KernelBtf answers them for a module's functions."""
+
+    def where(self, name, kinds):
+        return "nf_conntrack"
+
+    def owner(self, name, kinds):
+        return self
+
+    def find(self, name, kind):
+        return 90000 + sorted(self.protos).index(name)
+
+
+PROTOS_6_12 = {"__nf_conntrack_confirm": ["skb"], "nf_ct_resolve_clash": ["skb", "h", "reply_hash"],
+               "__nf_conntrack_alloc": ["net", "zone", "orig", "repl", "gfp", "hash"], "early_drop": ["net", "hash"]}
+
+
+def test_a_fentry_plan_uses_fexit_programs_argument_counts_and_the_modules_btf_ids(monkeypatch):
+    monkeypatch.setattr(ct, "function_params", lambda btf, name: btf.protos.get(name))
+    btf = FakeModuleBtf(PROTOS_6_12)
+    # /proc/kallsyms unreadable (ProtectKernelTunables=yes): BTF alone says what exists
+    plan = ct.ProbePlan(Symbolizer(""), btf=btf, kallsyms_text="", via="fentry")
+    assert plan.probes == [("fentry", "__nf_conntrack_confirm", "confirm_fentry"),
+                           ("fexit", "__nf_conntrack_confirm", "confirm_fexit"),
+                           ("fentry", "nf_ct_resolve_clash", "clash_fentry"),
+                           ("fexit", "nf_ct_resolve_clash", "clash_fexit"),
+                           ("fentry", "__nf_conntrack_alloc", "alloc_fentry"),
+                           ("fentry", "early_drop", "early_drop_fentry"),
+                           ("fexit", "early_drop", "early_drop_fexit")]
+    # the return value sits after the arguments: their count, from the prototype
+    assert (plan.macros["CONFIRM_NARGS"], plan.macros["CLASH_NARGS"], plan.macros["ALLOC_NARGS"],
+            plan.macros["EARLY_DROP_NARGS"]) == (1, 3, 6, 2)
+    assert plan.btf_functions["__nf_conntrack_confirm"] == [btf.find("__nf_conntrack_confirm", 0), "nf_conntrack"]
+    spec = ct.probes_spec(plan, dict(plan.macros))
+    assert spec.attach == "fentry" and spec.btf_functions == plan.btf_functions
+    assert [m[0] for m in spec.more] == ["fexit", "fentry", "fexit", "fentry", "fentry", "fexit"]
+
+
+def test_a_fentry_plan_needs_btf_prototypes(monkeypatch):
+    monkeypatch.setattr(ct, "function_params", lambda btf, name: btf.protos.get(name))
+    with pytest.raises(ProbeUnavailable, match="BTF"):
+        ct.ProbePlan(Symbolizer(KALLSYMS_ALL), btf=None, kallsyms_text=KALLSYMS_ALL, via="fentry")
+    # a function without a prototype (inlined) is not probed by trampoline, and said so
+    protos = dict(PROTOS_6_12)
+    del protos["early_drop"]
+    plan = ct.ProbePlan(Symbolizer(""), btf=FakeModuleBtf(protos), kallsyms_text="", via="fentry")
+    assert ("fexit", "__nf_conntrack_alloc", "alloc_fexit") in plan.probes and "early_drop" in plan.notes
+
+
 def test_plan_falls_back_to_the_alloc_return_when_early_drop_is_inlined():
     syms = "\n".join(line for line in KALLSYMS_ALL.splitlines() if "early_drop" not in line)
-    plan = ct.KprobePlan(Symbolizer(syms), btf=None, kallsyms_text=syms)
+    plan = ct.ProbePlan(Symbolizer(syms), btf=None, kallsyms_text=syms)
     assert ("kretprobe", "__nf_conntrack_alloc", "alloc_return") in plan.probes
     assert "early_drop" in plan.notes
 
 
 def test_plan_needs_the_confirm_function():
     with pytest.raises(ProbeUnavailable, match="__nf_conntrack_confirm"):
-        ct.KprobePlan(Symbolizer("ffffffff81f38a00 t early_drop\n"), btf=None,
-                      kallsyms_text="ffffffff81f38a00 t early_drop\n")
+        ct.ProbePlan(Symbolizer("ffffffff81f38a00 t early_drop\n"), btf=None,
+                     kallsyms_text="ffffffff81f38a00 t early_drop\n")
 
 
 def test_a_function_name_defined_twice_is_not_probed():
     syms = KALLSYMS_ALL + "ffffffff81f99999 t early_drop\n"
-    plan = ct.KprobePlan(Symbolizer(syms), btf=None, kallsyms_text=syms)
+    plan = ct.ProbePlan(Symbolizer(syms), btf=None, kallsyms_text=syms)
     assert not any(fn == "early_drop" for _, fn, _ in plan.probes)
     assert ("kretprobe", "__nf_conntrack_alloc", "alloc_return") in plan.probes
     assert "2 kernel functions share this name" in plan.notes["early_drop"]
