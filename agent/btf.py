@@ -399,6 +399,11 @@ class KernelBtf(_MemberLookups):
         except BtfError:
             return None
 
+    def function_id(self, name: str) -> tuple[int, str]:
+        """(BTF type id, "vmlinux" or the module) of kernel function `name`: what a fentry/fexit
+        program on it is loaded against. BtfError when no BTF describes it."""
+        return self.owner(name, (FUNC,)).find(name, FUNC), self.where(name, (FUNC,))
+
     def raw_tracepoint_args(self, event: str) -> list[str]:
         return self.owner(f"btf_trace_{event}", (TYPEDEF,)).raw_tracepoint_args(event)
 

@@ -71,7 +71,7 @@ def kprobes_available() -> tuple[bool, str]:
     return (True, "kprobe PMU or tracefs kprobe_events present") if why is None else (False, why)
 
 
-def fentry_refused_reason(function: str) -> str | None:
+def fentry_refused_reason(function: str, btf_id: int | None = None, owner: str = "vmlinux") -> str | None:
     """Why a fentry/fexit program (a BPF trampoline) cannot go on kernel function
     `function` here, or None when the kernel loads and attaches one for this process.
 
@@ -80,16 +80,15 @@ def fentry_refused_reason(function: str) -> str | None:
     process. Trampolines need no perf event, so Debian's perf_event_paranoid patch,
     which keeps kprobes from a process without CAP_SYS_ADMIN, does not apply."""
     from netagent.bpfsys import trampoline_refused  # noqa: PLC0415 (ctypes libc, only when asked)
-    from netagent.btf import FUNC, BtfError, kernel_btf  # noqa: PLC0415
+    from netagent.btf import BtfError, kernel_btf  # noqa: PLC0415
 
     if not os.path.exists(VMLINUX_BTF):
         return "fentry needs BTF (CONFIG_DEBUG_INFO_BTF off)"
-    try:
-        btf = kernel_btf()
-        owner = btf.where(function, (FUNC,))
-        btf_id = btf.owner(function, (FUNC,)).find(function, FUNC)
-    except BtfError:
-        return f"fentry on {function}: no BTF prototype for it (inlined, or its module has no BTF)"
+    if btf_id is None:  # not known to the caller: looked up (a parse of the kernel's BTF)
+        try:
+            btf_id, owner = kernel_btf().function_id(function)
+        except BtfError:
+            return f"fentry on {function}: no BTF prototype for it (inlined, or its module has no BTF)"
     try:
         refused = trampoline_refused(btf_id, owner)
     except ProbeUnavailable as exc:  # an architecture without a known syscall number

@@ -18,10 +18,10 @@ import struct
 import time
 from collections import namedtuple
 
-from netagent import bpfchild
+from netagent import bpfchild, btfcache
 from netagent import netns as netns_mod
 from netagent.bccloader import compile_program, import_bcc
-from netagent.btf import FUNC, BtfError, kernel_btf
+from netagent.btf import BtfError, kernel_btf
 from netagent.configschema import one_of
 from netagent.conntrack.correlate import NETFILTER_DROP, correlated_events
 from netagent.conntrack.flows import MergedFlow, merge
@@ -202,8 +202,7 @@ class ProbePlan:
         if ret:
             self.probes.append((return_kind, function, stem + return_suffix))
         if self.via == "fentry":
-            owner = self.btf.where(function, (FUNC,))
-            self.btf_functions[function] = [self.btf.owner(function, (FUNC,)).find(function, FUNC), owner]
+            self.btf_functions[function] = list(self.btf.function_id(function))
             self.macros[NARGS_MACROS[function]] = len(function_params(self.btf, function))
 
     def _plan(self):
@@ -275,8 +274,59 @@ def struct_offsets(btf) -> dict[str, int]:
     }
 
 
-def build_macros(plan: ProbePlan, btf, filter_netns: int = 0, max_flows: int = MAX_FLOWS) -> dict:
-    macros = struct_offsets(btf)
+class ConntrackBtf:
+    """What the plan and the program read from BTF, and nothing else: the probed functions'
+    prototypes and BTF ids, and the struct offsets. Kept per kernel in the BTF facts cache
+    (btfcache), so a restart decides its path and builds its program without parsing BTF
+    (about a second and 30 MB in Python: the daemon's start and peak memory)."""
+
+    def __init__(self, facts: dict):
+        self.functions = facts["functions"]
+        self.offsets = facts["offsets"]
+
+    def function_params(self, name: str) -> list[str] | None:
+        known = self.functions.get(name)
+        return known["params"] if known else None
+
+    def function_id(self, name: str) -> tuple[int, str]:
+        known = self.functions.get(name)
+        if not known:
+            raise BtfError(f"no BTF prototype of {name}")
+        return known["id"], known["owner"]
+
+
+class _NotLoadedYet(Exception):
+    """nf_conntrack's BTF is not there yet: nothing to keep for this kernel."""
+
+
+def _conntrack_facts() -> dict:
+    btf = kernel_btf()
+    functions = {}
+    for name in PROBED_PARAMS:
+        params = btf.function_params(name)
+        functions[name] = None if params is None else dict(zip(("id", "owner"), btf.function_id(name)),
+                                                            params=params)
+    if functions["__nf_conntrack_confirm"] is None:
+        raise _NotLoadedYet()
+    return {"functions": functions, "offsets": struct_offsets(btf)}
+
+
+def conntrack_btf():
+    """ConntrackBtf from the facts cache (computed from BTF once per kernel), or, while
+    nf_conntrack's BTF is not complete, the live BTF (None without any)."""
+    try:
+        return ConntrackBtf(btfcache.fact("conntrack.btf", _conntrack_facts))
+    except (_NotLoadedYet, BtfError):
+        return _btf_or_none()
+
+
+def offsets_of(btf) -> dict[str, int]:
+    """The program's struct offsets, from ConntrackBtf or from the live BTF."""
+    return dict(btf.offsets) if isinstance(btf, ConntrackBtf) else struct_offsets(btf)
+
+
+def build_macros(plan: ProbePlan, offsets: dict[str, int], filter_netns: int = 0, max_flows: int = MAX_FLOWS) -> dict:
+    macros = dict(offsets)
     macros.update(plan.macros)
     macros["FILTER_NETNS"] = f"{filter_netns}U"
     macros["MAX_FLOWS"] = max_flows
@@ -753,22 +803,29 @@ class ConntrackSensor(CounterHandover, Sensor):
         """(the plan, None) when `via` (fentry or kprobe) can probe conntrack here, else (None, why).
         A fentry plan is kept only once the kernel took a trampoline on __nf_conntrack_confirm
         (a do-nothing test program): no compile for a path this kernel refuses."""
-        try:
-            plan = ProbePlan(btf=_btf_or_none(), via=via)
-        except ProbeUnavailable as exc:
-            return None, f"{PROBES_NAMED[via]} cannot be used: {exc}"
-        if via == "fentry":
-            refused = fentry_refused_reason("__nf_conntrack_confirm")
+        btf = conntrack_btf()
+        if via == "fentry" and btf is not None:
+            # the kernel's answer first: it costs a bpf(2) call, a plan reads /proc/kallsyms
+            try:
+                refused = fentry_refused_reason("__nf_conntrack_confirm", *btf.function_id("__nf_conntrack_confirm"))
+            except BtfError as exc:
+                refused = str(exc)
             if refused:
                 return None, f"{PROBES_NAMED[via]} cannot be used: {refused}"
+        try:
+            plan = ProbePlan(btf=btf, via=via)
+        except ProbeUnavailable as exc:
+            return None, f"{PROBES_NAMED[via]} cannot be used: {exc}"
         self._plan = plan
         return plan, None
 
     def _attach_function_probes(self) -> str:
         require_bpf(f"attach the conntrack {PROBES_NAMED[self._plan.via if self._plan else 'kprobe']}")
-        btf = kernel_btf()
+        btf = conntrack_btf()
+        if btf is None:
+            raise ProbeUnavailable("the conntrack probes read struct offsets from BTF, and this kernel has none")
         plan = self._plan or ProbePlan(btf=btf)
-        loaded = bpfchild.load(probes_spec(plan, build_macros(plan, btf, self._filter_netns())))
+        loaded = bpfchild.load(probes_spec(plan, build_macros(plan, offsets_of(btf), self._filter_netns())))
         if loaded.maps["flows_a"].key_size != CT_FLOW.size:
             loaded.close()
             raise ProbeUnavailable(f"conntrack.bpf.c flow key is {loaded.maps['flows_a'].key_size} bytes, "

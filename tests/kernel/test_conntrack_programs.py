@@ -34,7 +34,7 @@ def nf_conntrack_loaded():
 def compiled(filter_netns=0):
     btf = kernel_btf()
     plan = ct.ProbePlan(btf=btf)
-    return ct.compile_probes(ct.build_macros(plan, btf, filter_netns))
+    return ct.compile_probes(ct.build_macros(plan, ct.struct_offsets(btf), filter_netns))
 
 
 @pytest.fixture

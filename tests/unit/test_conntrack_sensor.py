@@ -49,14 +49,8 @@ def test_plan_takes_argument_positions_from_btf_prototypes(monkeypatch):
 class FakeModuleBtf(FakeBtf):
     """Prototypes, type ids and owners, as KernelBtf answers them for a module's functions."""
 
-    def where(self, name, kinds):
-        return "nf_conntrack"
-
-    def owner(self, name, kinds):
-        return self
-
-    def find(self, name, kind):
-        return 90000 + sorted(self.protos).index(name)
+    def function_id(self, name):
+        return 90000 + sorted(self.protos).index(name), "nf_conntrack"
 
 
 PROTOS_6_12 = {"__nf_conntrack_confirm": ["skb"], "nf_ct_resolve_clash": ["skb", "h", "reply_hash"],
@@ -78,10 +72,25 @@ def test_a_fentry_plan_uses_fexit_programs_argument_counts_and_the_modules_btf_i
     # the return value sits after the arguments: their count, from the prototype
     assert (plan.macros["CONFIRM_NARGS"], plan.macros["CLASH_NARGS"], plan.macros["ALLOC_NARGS"],
             plan.macros["EARLY_DROP_NARGS"]) == (1, 3, 6, 2)
-    assert plan.btf_functions["__nf_conntrack_confirm"] == [btf.find("__nf_conntrack_confirm", 0), "nf_conntrack"]
+    assert plan.btf_functions["__nf_conntrack_confirm"] == [btf.function_id("__nf_conntrack_confirm")[0], "nf_conntrack"]
     spec = ct.probes_spec(plan, dict(plan.macros))
     assert spec.attach == "fentry" and spec.btf_functions == plan.btf_functions
     assert [m[0] for m in spec.more] == ["fexit", "fentry", "fexit", "fentry", "fentry", "fexit"]
+
+
+def test_the_btf_facts_a_restart_plans_from_answer_as_the_btf_did(monkeypatch):
+    """ConntrackBtf (the cached facts) gives the plan the same answers as the BTF they came from."""
+    monkeypatch.setattr(ct, "function_params", lambda btf, name: btf.function_params(name))
+    live = FakeModuleBtf(PROTOS_6_12)
+    live.function_params = live.protos.get
+    facts = ct.ConntrackBtf({"functions": {name: {"params": p, "id": live.function_id(name)[0], "owner": "nf_conntrack"}
+                                           for name, p in PROTOS_6_12.items()} | {"nf_ct_other": None},
+                             "offsets": {"OFF_SKB_NFCT": 104}})
+    from_live = ct.ProbePlan(Symbolizer(""), btf=live, kallsyms_text="", via="fentry")
+    from_facts = ct.ProbePlan(Symbolizer(""), btf=facts, kallsyms_text="", via="fentry")
+    assert (from_facts.probes, from_facts.macros, from_facts.btf_functions) == (
+        from_live.probes, from_live.macros, from_live.btf_functions)
+    assert facts.function_params("nf_ct_other") is None and ct.offsets_of(facts) == {"OFF_SKB_NFCT": 104}
 
 
 def test_a_fentry_plan_needs_btf_prototypes(monkeypatch):
