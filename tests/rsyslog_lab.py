@@ -13,6 +13,7 @@ import re
 import select
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -20,7 +21,19 @@ RSYSLOGD = "/usr/sbin/rsyslogd"
 
 
 def run(*args, cwd=None):
-    return subprocess.run(list(args), check=True, capture_output=True, text=True, cwd=cwd, timeout=60)
+    """Run a short tool (openssl): wait for it to exit, not for its pipes to close.
+
+    Output goes through temporary files. A fresh-clone run once timed out here
+    after openssl had exited 0: communicate() was still waiting for EOF on the
+    pipes, which some other process still held. No stdin either: nothing waits for input."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(list(args), stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, timeout=60)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, list(args), stdout, stderr)
+    return subprocess.CompletedProcess(list(args), proc.returncode, stdout, stderr)
 
 
 @dataclass
