@@ -6,6 +6,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import runsummary  # noqa: E402
 from lab import Namespace  # noqa: E402
 from timescale import TIME_SCALE  # noqa: E402
 from vm.matrix import VM_MODULES  # noqa: E402
@@ -102,3 +103,10 @@ def netagent_bin():
     path = shutil.which("netagent", path=os.path.join(sys.prefix, "bin"))
     assert path, "netagent console script not installed in the venv (run make setup)"
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    for section, lines in runsummary.SECTIONS.items():
+        terminalreporter.section(section)
+        for line in lines:
+            terminalreporter.write_line(line)

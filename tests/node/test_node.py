@@ -18,7 +18,7 @@ import time
 import pytest
 
 import nodesession
-from node import conftest as node_conftest
+import runsummary
 
 KERNEL = nodesession.KERNEL
 
@@ -202,8 +202,8 @@ def test_live_security_exposure_at_most_2_7_with_every_sensor_on(node):
     # per-packet conntrack events need it by either path on Debian's kernels (module
     # BTF objects for fentry/fexit, perf_event_open for kprobes); systemd/netagent.service
     s = step(node, "security")
-    node_conftest.SUMMARIES.append(f"systemd-analyze security netagent.service (live): {s['score']}; "
-                                   f"{len(s['exposed'])} settings exposed")
+    runsummary.note("Debian node (systemd, the .deb)",
+                    f"systemd-analyze security netagent.service (live): {s['score']}; {len(s['exposed'])} settings exposed")
     assert s["score"] is not None and s["score"] <= 2.7, s["exposed"]
     sensors = sensors_by_name(s["sensors"])
     assert all(sensors[n]["state"] == "on" for n in ("drops", "conntrack", "host")), sensors

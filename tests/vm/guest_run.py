@@ -128,13 +128,13 @@ def check_run(series: str, kernels: dict[str, str], runs: dict[str, GuestRun], t
     (and, with expect_passed, exactly that many: a skip is a failure there)."""
     import pytest
 
-    from vm import conftest as vm_conftest
+    import runsummary
 
     if series not in runs:
         pytest.skip(f"Debian kernel {series} not installed (make setup installs it)")
     run = runs[series].wait(timeout=timeout)
     summary = run.summary(kernels[series])
-    vm_conftest.SUMMARIES.append(summary)
+    runsummary.note("VM kernel matrix", summary)
     output = run.output()
     assert run.counts, f"kernel {series}: the guest wrote no junit report (runner exit {run.code}):\n{output[-6000:]}"
     assert run.code == 0 and run.counts["failed"] == 0, f"kernel {series}: {summary}\n{output[-12000:]}"
