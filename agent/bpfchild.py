@@ -284,22 +284,9 @@ def _load_trampoline(insns: bytes, spec: ProgramSpec, kind: str, function: str, 
     except (KeyError, ValueError):
         raise ProbeUnavailable(f"{kind} {function}: no BTF id given for it") from None
     try:
-        owner_fd = bpfsys.btf_object_fd(owner) if owner != "vmlinux" else 0
+        return bpfsys.trampoline_open(insns, name=program[:15], btf_id=btf_id, owner=owner, fexit=kind == "fexit")
     except OSError as exc:
         raise ProbeUnavailable(f"{kind} {function}: {exc.strerror}") from None
-    try:
-        prog = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, insns, name=program[:15],
-                                expected_attach_type=bpfsys.TRACE_FENTRY if kind == "fentry" else bpfsys.TRACE_FEXIT,
-                                attach_btf_id=btf_id, attach_btf_obj_fd=owner_fd)
-    except OSError as exc:
-        raise ProbeUnavailable(f"{kind} {function} refused by the kernel: {exc.strerror}") from None
-    finally:
-        if owner_fd:
-            os.close(owner_fd)  # the loaded program holds its own reference to the module
-    try:
-        return prog, _closing_on_error(prog, lambda: bpfsys.raw_tracepoint_open(prog))
-    except OSError as exc:
-        raise ProbeUnavailable(f"attaching {kind} {function}: {exc.strerror}") from None
 
 
 def _attach_kprobe(prog_fd: int, kind: str, function: str) -> tuple[int, int]:

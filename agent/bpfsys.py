@@ -472,30 +472,43 @@ def prog_fd_by_id(prog_id: int) -> int:
 RETURN_ZERO = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
 
 
-def trampoline_refused(btf_id: int, owner: str = "vmlinux") -> str | None:
-    """None if this kernel loads and attaches a fentry program on the function with BTF
-    id `btf_id` of BTF object `owner` for this process, else the kernel's refusal, in
-    words. Nothing stays attached (the program is closed at once)."""
-    fds, step = [], f"finding BTF object {owner}"
+def trampoline_open(insns: bytes, *, name: str, btf_id: int, owner: str = "vmlinux",
+                    fexit: bool = False) -> tuple[int, int]:
+    """Load `insns` as a fentry (or fexit) program on the function with BTF id `btf_id` of
+    BTF object `owner` ("vmlinux" or a module) and attach it: (program fd, link fd).
+    OSError naming the step the kernel refused ("loading refused: ...")."""
+    step, owner_fd, prog = f"finding BTF object {owner}", 0, -1
     try:
         owner_fd = btf_object_fd(owner) if owner != "vmlinux" else 0
-        if owner_fd:
-            fds.append(owner_fd)
         step = "loading"
-        fds.append(prog_load(PROG_TYPE_TRACING, RETURN_ZERO, name="netagent_probe", expected_attach_type=TRACE_FENTRY,
-                             attach_btf_id=btf_id, attach_btf_obj_fd=owner_fd))
+        prog = prog_load(PROG_TYPE_TRACING, insns, name=name, expected_attach_type=TRACE_FEXIT if fexit else TRACE_FENTRY,
+                         attach_btf_id=btf_id, attach_btf_obj_fd=owner_fd)
         step = "attaching"
-        fds.append(raw_tracepoint_open(fds[-1]))
-        return None
+        return prog, raw_tracepoint_open(prog)
     except OSError as exc:
+        if prog >= 0:
+            os.close(prog)
         why = exc.strerror or os.strerror(exc.errno)
         if exc.errno == errno.EPERM and step.startswith("finding"):
             # the kernel hands out a module's BTF object (BPF_BTF_GET_FD_BY_ID) to CAP_SYS_ADMIN only
             why += " (reading a module's BTF object needs CAP_SYS_ADMIN)"
-        return f"{step} refused: {why}"
+        raise OSError(exc.errno, f"{step} refused: {why}") from None
     finally:
-        for fd in reversed(fds):
-            os.close(fd)
+        if owner_fd:
+            os.close(owner_fd)  # a loaded program holds its own reference to the module
+
+
+def trampoline_refused(btf_id: int, owner: str = "vmlinux") -> str | None:
+    """None if this kernel loads and attaches a fentry program on the function with BTF
+    id `btf_id` of BTF object `owner` for this process, else the kernel's refusal, in
+    words. Nothing stays attached (the program is closed at once)."""
+    try:
+        fds = trampoline_open(RETURN_ZERO, name="netagent_probe", btf_id=btf_id, owner=owner)
+    except OSError as exc:
+        return exc.strerror
+    for fd in reversed(fds):
+        os.close(fd)
+    return None
 
 
 class _BtfInfo(ctypes.Structure):
