@@ -89,7 +89,7 @@ def main() -> int:
         "command": "bench/apiserver_bench.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus_used": 1, "cpus_online": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
-        "cluster_pods": CLUSTER_PODS, "events_per_round": args.events, "rounds": args.rounds,
+        "cluster_pods": CLUSTER_PODS, "rate_events_per_s": RATE, "events_per_round": args.events, "rounds": args.rounds,
         "cost_us_per_event": rounded(spread(r["cost_us_per_event"] for r in rounds)),
         "core_share_at_rate": rounded(spread(r["core_share_at_rate"] for r in rounds), 4),
         "baseline_us_per_event": rounded(spread(1e6 * r["baseline"] / args.events for r in rounds)),

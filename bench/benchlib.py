@@ -5,8 +5,11 @@ interleaved round by round, and reports median, minimum and maximum.
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -18,6 +21,23 @@ RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "10"))
+
+# A benchmark stopped by SIGTERM (`make bench` interrupted; bench/run_all.py passes its own
+# on) exits as on an error: its finally blocks stop the agents and floods and remove the
+# namespaces it made, and atexit removes its scratch directories (scratch_dir).
+def _exit_on_signal(signum, frame):
+    signal.signal(signum, signal.SIG_IGN)  # once: a second SIGTERM must not cut the clean-up short
+    sys.exit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def scratch_dir(prefix: str = "netagent-bench-") -> str:
+    """A temporary directory that is removed when the benchmark exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
 # The flood runs on this CPU; agents and reference tools are left to the others.
 FLOOD_WINDOW_SECONDS = 0.1  # udp_flood.c's WINDOW
 FLOOD_CPU = os.environ.get("BENCH_FLOOD_CPU", str(max(os.cpu_count() - 1, 0)))
@@ -61,7 +81,7 @@ def noports_all(ns) -> int:
 
 def build(source: str) -> str:
     """Compile bench/<source>.c; the path of the binary."""
-    out = os.path.join(tempfile.mkdtemp(prefix="netagent-bench-"), source)
+    out = os.path.join(scratch_dir(), source)
     subprocess.run(["gcc", "-O2", "-o", out, os.path.join(HERE, f"{source}.c")], check=True)
     return out
 
@@ -75,16 +95,22 @@ def rounded(d: dict, digits: int = 3) -> dict:
     return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in d.items()}
 
 
+def utc_now() -> str:
+    """A result's written_at, and when `make bench` started and finished (bench/run_all.py):
+    one form, so bench/report.py can compare them."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def write_result(name: str, result: dict, path: str | None = None) -> str:
     """bench/results/<name>.json (or `path`), stamped with time, kernel and CPU count."""
-    result = dict(result, written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    result = dict(result, written_at=utc_now(),
                   kernel=os.uname().release, cpus=os.cpu_count())
     path = path or os.path.join(RESULTS, f"{name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
     os.replace(path + ".tmp", path)
-    summary = {k: v for k, v in result.items() if not k.startswith("rounds")}
+    summary = {k: v for k, v in result.items() if not k.startswith(("rounds", "runs", "scenarios"))}
     print(json.dumps(summary, indent=2))
     return path
 

@@ -24,12 +24,11 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 from agentlib import cpu_seconds, default_config, rss_mb, start_agent
-from benchlib import FLOOD_CPU, ROUNDS, build, rounded, spread, write_result
+from benchlib import FLOOD_CPU, ROUNDS, build, rounded, scratch_dir, spread, write_result
 
 from agent_proc import NETAGENT  # noqa: E402
 from lab import Namespace  # noqa: E402
@@ -124,17 +123,19 @@ def main() -> int:
     config = default_config()
     compiled = compile_bytecode()
     storm = build("udp_storm")
-    cold_dir = tempfile.mkdtemp(prefix="netagent-cold-")
+    cold_dir = scratch_dir("netagent-cold-")
     t0 = time.monotonic()
     agent = subprocess.Popen([NETAGENT, "run", "--config", config], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, NETAGENT_CACHE_DIR=cold_dir))
     cold = None
-    for line in agent.stderr:
-        if "started (pid" in line:
-            cold = time.monotonic() - t0
-            break
-    agent.terminate()
-    agent.wait(timeout=60)
+    try:
+        for line in agent.stderr:
+            if "started (pid" in line:
+                cold = time.monotonic() - t0
+                break
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
     floors, floor_cpus, starts, start_cpus, rss_after = [], [], [], [], []
     for i in range(ROUNDS):
         wall, cpu = version_floor()
@@ -154,7 +155,7 @@ def main() -> int:
     print(f"soak {SOAK:.0f}s: growth {soaked['rss_growth_mb']:.2f} MB", flush=True)
     quiet = idle(config)
     print(f"idle {IDLE:.0f}s: {quiet['cpu_fraction_of_core']:.4f} of a core", flush=True)
-    peak = compile_peak_mb(tempfile.mkdtemp(prefix="netagent-cold-"))
+    peak = compile_peak_mb(scratch_dir("netagent-cold-"))
     result = {
         "benchmark": "`netagent run --config <embedded default>` (drops, conntrack, host; stdout sink)",
         "rounds": ROUNDS,

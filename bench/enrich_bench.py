@@ -24,7 +24,6 @@ Median, min and max over the rounds. Results: bench/results/enrich.json.
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -231,10 +230,9 @@ def main() -> int:
         "enrich_failed_last_round": rounds[-1]["enrich_failed"],
         "runs": rounds,
     }
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(RESULTS + ".tmp", RESULTS)
+    from benchlib import write_result  # here, not above: tests import this module for StaticSource
+
+    write_result("enrich", result)
     print(f"enrichment at {RATE} events/s, {PODS} pods: {cost['median']:.2%} of one core (median; min "
           f"{cost['min']:.2%}, max {cost['max']:.2%}; bound {BOUND:.0%}); unpaced throughput ratio "
           f"{result['unpaced_events_per_s']['ratio']['median']:.3f}; results in {RESULTS}")

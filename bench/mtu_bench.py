@@ -10,7 +10,12 @@ tracepath runs with its defaults (30 hops); on a black hole it walks every
 hop and reports the interface MTU, which is the behaviour users meet.
 
 Writes bench/results/mtu.json. Exit 1 if a budget is missed or an answer is wrong.
-Environment: BENCH_RUNS (default 5), BENCH_TRACEPATH_HOPS (default 30).
+In the icmp case netagent (IPv4, IPv6) and tracepath take turns, one run each
+per round, in rotating order; every scenario has BENCH_ROUNDS runs (10), and
+figures are the median, minimum and maximum of them. tracepath runs once on
+the black hole: it walks all its hops there (~90 s) and answers the same way
+every time.
+Environment: BENCH_ROUNDS (default 10, at least 10), BENCH_TRACEPATH_HOPS (default 30).
 """
 
 import json
@@ -26,9 +31,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from benchlib import write_result  # noqa: E402
 from lab import Namespace, veth_pair  # noqa: E402
 
-RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+RUNS = int(os.environ.get("BENCH_ROUNDS", "10"))
 TRACEPATH_HOPS = int(os.environ.get("BENCH_TRACEPATH_HOPS", "30"))
 NETAGENT = os.path.join(ROOT, ".venv", "bin", "netagent")
 BUDGET_SECONDS, BUDGET_PROBES = 3.0, 14
@@ -107,7 +113,11 @@ def stats(values: list[float]) -> dict:
 
 
 def scenario_netagent(lab, name, target, expect_status, expect_mtu, *args) -> dict:
-    runs = [run_netagent(lab, target, *args) for _ in range(RUNS)]
+    return scenario_summary(name, target, expect_status, expect_mtu, args,
+                            [run_netagent(lab, target, *args) for _ in range(RUNS)])
+
+
+def scenario_summary(name, target, expect_status, expect_mtu, args, runs: list[dict]) -> dict:
     correct = all(r["status"] == expect_status and r["path_mtu"] == expect_mtu for r in runs)
     out = {
         "name": name, "target": target, "args": list(args), "expected": {"status": expect_status, "path_mtu": expect_mtu},
@@ -123,6 +133,9 @@ def scenario_netagent(lab, name, target, expect_status, expect_mtu, *args) -> di
 
 
 def main() -> int:
+    if RUNS < 10:
+        print(f"mtu_bench: BENCH_ROUNDS={RUNS}: at least 10 rounds", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("mtu_bench: needs root (namespaces, raw sockets)", file=sys.stderr)
         return 77
@@ -131,10 +144,18 @@ def main() -> int:
     try:
         print("icmp (router answers frag-needed):", flush=True)
         lab.set_path_mtu(1400)
-        icmp4 = scenario_netagent(lab, "icmp-ipv4-1400", SERVER4, "icmp", 1400)
-        icmp6 = scenario_netagent(lab, "icmp-ipv6-1400", SERVER6, "icmp", 1400)
+        # interleaved: each round runs the three once, starting with a different one
+        takers = {"icmp4": lambda: run_netagent(lab, SERVER4), "icmp6": lambda: run_netagent(lab, SERVER6),
+                  "tracepath": lambda: run_tracepath(lab, SERVER4)}
+        runs: dict[str, list] = {name: [] for name in takers}
+        order = list(takers)
+        for i in range(RUNS):
+            for name in order[i % 3:] + order[:i % 3]:
+                runs[name].append(takers[name]())
+        icmp4 = scenario_summary("icmp-ipv4-1400", SERVER4, "icmp", 1400, (), runs["icmp4"])
+        icmp6 = scenario_summary("icmp-ipv6-1400", SERVER6, "icmp", 1400, (), runs["icmp6"])
         results["icmp"] += [icmp4, icmp6]
-        tp_icmp = [run_tracepath(lab, SERVER4) for _ in range(RUNS)]
+        tp_icmp = runs["tracepath"]
         tp_icmp_entry = {"name": "icmp-ipv4-1400", "runs": tp_icmp, "seconds": stats([r["seconds"] for r in tp_icmp]),
                          "pmtu": sorted({r["pmtu"] for r in tp_icmp}, key=str)}
         results["tracepath"].append(tp_icmp_entry)
@@ -184,11 +205,7 @@ def main() -> int:
                                                          / max(results["tracepath"][1]["seconds"]["max"], 1e-6), 4),
         "scenarios": results,
     }
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "mtu.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
-    print(json.dumps({k: v for k, v in summary.items() if k != "scenarios"}, indent=2))
+    write_result("mtu", summary)
     return 0 if (within and correct and agrees) else 1
 
 

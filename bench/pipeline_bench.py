@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Pipeline throughput: events/s the agent sustains into each sink, and CPU per 10k events.
 
-    .venv/bin/python bench/pipeline_bench.py [--events N] [--sink file] [--repeat 3]
+    .venv/bin/python bench/pipeline_bench.py [--events N] [--sink file] [--rounds 10]
 
 Each sink has one function `bench_<sink>(events, workdir) -> dict` registered
 in SINK_BENCHES; it runs the real pipeline (EventQueue -> dispatcher stamping
@@ -12,13 +12,14 @@ way a sensor's poll() does, with the process pinned to ONE CPU.
 The baseline, measured in the same run on the same events, is the least any
 agent must do: serialise each event with orjson and write it to a file from
 a single thread. The ratio pipeline/baseline shows what the queue, the
-threads and the sink's own buffer cost.
+threads and the sink's own buffer cost. Each round runs the baseline and every
+sink once, in rotating order (BENCH_ROUNDS rounds, 10); the ratio is taken
+round by round, and each figure is reported as its median, minimum and maximum.
 
 Results: bench/results/pipeline.json.
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -28,6 +29,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+from benchlib import ROUNDS, rounded, spread, write_result  # noqa: E402
 from netagent.events import new_event  # noqa: E402
 from netagent.jsonline import dumps_line  # noqa: E402
 from netagent.pipeline import Pipeline  # noqa: E402
@@ -104,7 +106,7 @@ def bench_file(events: list[dict], workdir: str) -> dict:
 
 def baseline_file(events: list[dict], workdir: str) -> dict:
     """One thread: orjson + write(2) in 512-event batches to a file."""
-    path = os.path.join(workdir, "baseline.json")
+    path = os.path.join(workdir, "events.json")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     c0, t0 = cpu_seconds(), time.perf_counter()
     seq = 0
@@ -364,6 +366,8 @@ def summarise(runs: list[dict]) -> dict:
     cpu10k = [r["cpu_seconds"] / r["events"] * 10_000 for r in runs]
     return {
         "events_per_s": round(statistics.median(rates)),
+        "events_per_s_min": round(min(rates)),
+        "events_per_s_max": round(max(rates)),
         "events_per_s_runs": [round(x) for x in rates],
         "cpu_ms_per_10k_events": round(statistics.median(cpu10k) * 1000, 1),
         "cpu_percent_of_one_core": round(100 * statistics.median(r["cpu_seconds"] / r["seconds"] for r in runs), 1),
@@ -375,10 +379,12 @@ def summarise(runs: list[dict]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=200_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds (at least 10; BENCH_ROUNDS)")
     ap.add_argument("--sink", action="append", choices=sorted(SINK_BENCHES), help="default: every sink")
     ap.add_argument("--output", default=RESULTS)
     args = ap.parse_args(argv)
+    if args.rounds < 10:
+        ap.error(f"--rounds {args.rounds}: at least 10 rounds")
 
     cpu = sorted(os.sched_getaffinity(0))[0]
     os.sched_setaffinity(0, {cpu})  # "on one core": every thread of this process shares one CPU
@@ -389,33 +395,37 @@ def main(argv=None) -> int:
         "machine": {"cpus_used": 1, "cpus_online": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "events_per_run": args.events,
+        "rounds": args.rounds,
         "target_events_per_s_file": TARGET_EVENTS_PER_S,
         "sinks": {},
     }
+    names = args.sink or sorted(SINK_BENCHES)
+    takers = ["baseline", *names]
+    runs: dict[str, list[dict]] = {name: [] for name in takers}
     with tempfile.TemporaryDirectory(prefix="netagent-bench-") as workdir:
-        base_runs = []
-        for _ in range(args.repeat):
-            base_runs.append(baseline_file(events, workdir))
-            os.unlink(os.path.join(workdir, "baseline.json"))
-        results["baseline_orjson_write"] = summarise(base_runs)
-        for name in args.sink or sorted(SINK_BENCHES):
-            runs = []
-            for i in range(args.repeat):
+        for i in range(args.rounds):
+            # every round runs the baseline and each sink once, starting with a different one,
+            # so a slow spell of this shared machine falls on all of them alike
+            for name in takers[i % len(takers):] + takers[:i % len(takers)]:
                 run_dir = os.path.join(workdir, f"{name}-{i}")
                 os.makedirs(run_dir)
-                runs.append(SINK_BENCHES[name](events, run_dir))
-            summary = summarise(runs)
-            summary["ratio_to_baseline"] = round(summary["events_per_s"] / results["baseline_orjson_write"]["events_per_s"], 3)
-            results["sinks"][name] = summary
+                bench = baseline_file if name == "baseline" else SINK_BENCHES[name]
+                runs[name].append(bench(events, run_dir))
+                shutil_rmtree(run_dir)  # a run writes up to ~200 MB: not kept for the next
+            print(f"round {i + 1}/{args.rounds}: " + ", ".join(
+                f"{name} {runs[name][-1]['events'] / runs[name][-1]['seconds']:,.0f}/s" for name in takers), flush=True)
+    results["baseline_orjson_write"] = summarise(runs["baseline"])
+    for name in names:
+        summary = summarise(runs[name])
+        # each round's rate over the same round's baseline
+        ratios = [(r["events"] / r["seconds"]) / (b["events"] / b["seconds"]) for r, b in zip(runs[name], runs["baseline"])]
+        summary["ratio_to_baseline"] = round(statistics.median(ratios), 3)
+        summary["ratio_to_baseline_spread"] = rounded(spread(ratios))
+        results["sinks"][name] = summary
     file_result = results["sinks"].get("file")
     if file_result:
         results["file_meets_target"] = file_result["events_per_s"] >= TARGET_EVENTS_PER_S
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, args.output)
+    write_result("pipeline", results, args.output)
     base = results["baseline_orjson_write"]
     print(f"baseline (orjson + write, 1 thread): {base['events_per_s']:,} events/s, "
           f"{base['cpu_ms_per_10k_events']} ms CPU / 10k events")

@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,6 +275,7 @@ def main() -> int:
         client.delete()
         server.delete()
         subprocess.run(["umount", "-l", disk], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
     result["failures"] = failures
     result["ok"] = not failures
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

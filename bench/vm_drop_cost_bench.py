@@ -30,11 +30,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-from benchlib import HERE, RESULTS, ROUNDS, one_line_parser, write_result
+from benchlib import HERE, RESULTS, ROUNDS, one_line_parser, scratch_dir, write_result
 
 from netagent.errors import EXIT_UNAVAILABLE  # noqa: E402
 
@@ -146,7 +145,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return EXIT_UNAVAILABLE
     os.makedirs(BYTECODE_CACHE, exist_ok=True)
-    share = tempfile.mkdtemp(prefix="netagent-vm-bench-")
+    share = scratch_dir("netagent-vm-bench-")
     guests = [Guest(k, share) for k in args.kernels]
     if args.sequential:
         for g in guests:

@@ -74,7 +74,7 @@ def pytest_collection_finish(session):
 def pytest_sessionfinish(session):
     nodesession = sys.modules.get("nodesession")
     for background in getattr(nodesession, "BACKGROUND", []):
-        background.kill()  # an interrupted run leaves no VM behind
+        background.close()  # an interrupted run leaves no VM behind, and no run leaves its files
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ A module of its own so that conftest.py and test_node.py share one registry.
 """
 
 import os
+import shutil
 import subprocess
 import time
 
@@ -28,6 +29,7 @@ class NodeSession:
     collected, so its VM boots while the rest of `make test` runs on the host."""
 
     def __init__(self, out_dir: str):
+        self.out_dir = out_dir
         self.stdout_path = os.path.join(out_dir, "node-stdout.txt")
         self.stderr_path = os.path.join(out_dir, "node-stderr.txt")
         self.started = time.monotonic()
@@ -50,6 +52,11 @@ class NodeSession:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, 9)  # the runner, node-boot and qemu: one session of ours
             self.proc.wait()
+
+    def close(self) -> None:
+        """At the end of the test run: no VM and no output files left behind."""
+        self.kill()
+        shutil.rmtree(self.out_dir, ignore_errors=True)
 
 
 BACKGROUND: list["NodeSession"] = []  # the session tests/conftest.py started, if any
