@@ -59,6 +59,7 @@ def compile_program(stem: str, macros: dict[str, int | str], prelude: str = ""):
     cflags.append("-Wno-macro-redefined")
     text = program_source("common", suffix=".bpf.h") + "\n" + prelude + "\n" + program_source(stem)
     try:
-        return bcc.BPF(text=text, cflags=cflags)
+        # bytes: BCC takes str too, but warns with the whole program's source (pages of test output)
+        return bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception:
         raise CompileError(f"compiling {stem}.bpf.c failed") from None
