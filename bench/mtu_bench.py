@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from benchlib import write_result  # noqa: E402
+from benchlib import rounded, spread, write_result  # noqa: E402
 from lab import Namespace, veth_pair  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_ROUNDS", "10"))
@@ -108,8 +107,7 @@ def run_tracepath(lab: Lab, target: str) -> dict:
 
 
 def stats(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 4), "max": round(max(values), 4),
-            "min": round(min(values), 4)}
+    return rounded(spread(values), 4)
 
 
 def scenario_netagent(lab, name, target, expect_status, expect_mtu, *args) -> dict:

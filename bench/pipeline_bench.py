@@ -366,8 +366,6 @@ def summarise(runs: list[dict]) -> dict:
     cpu10k = [r["cpu_seconds"] / r["events"] * 10_000 for r in runs]
     return {
         "events_per_s": round(statistics.median(rates)),
-        "events_per_s_min": round(min(rates)),
-        "events_per_s_max": round(max(rates)),
         "events_per_s_runs": [round(x) for x in rates],
         "cpu_ms_per_10k_events": round(statistics.median(cpu10k) * 1000, 1),
         "cpu_percent_of_one_core": round(100 * statistics.median(r["cpu_seconds"] / r["seconds"] for r in runs), 1),

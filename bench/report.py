@@ -86,11 +86,10 @@ def enrich_rows(enrich, apiserver) -> list[tuple]:
                      f"lost {enrich['lost']}",
                      f"≤ {enrich['bound_core_share']:.0%} {yes(enrich['within_bound'])}"))
     if apiserver:
-        rate = apiserver.get("rate_events_per_s")  # not in results written before 2 December
         rows.append((f"the stage's API-server processor (peers' names), {apiserver['cluster_pods']} cluster pods",
                      f"{mmm(apiserver['cost_us_per_event'], '{:.2f}')} µs per event, "
-                     f"{mmm(apiserver['core_share_at_rate'], '{:.1f}', 100)} % of a core"
-                     + (f" at {rate // 1000}k events/s" if rate else " at the enrichment rate"), ""))
+                     f"{mmm(apiserver['core_share_at_rate'], '{:.1f}', 100)} % of a core at "
+                     f"{apiserver['rate_events_per_s'] // 1000}k events/s", ""))
     return rows
 
 
@@ -98,23 +97,22 @@ def pipeline_table(pipeline) -> list[str]:
     """Events/s into each sink on one CPU against orjson + write(2) (bench/pipeline_bench.py)."""
     base = pipeline["baseline_orjson_write"]
     lines = ["", f"Pipeline on one CPU, {pipeline['events_per_run']:,} drop events a run, "
-             f"{pipeline.get('rounds', len(base['runs']))} rounds interleaved with the baseline "
-             f"(one thread: orjson + write(2), {span(base, 'events_per_s', '{:,}')} events/s); "
+             f"{pipeline['rounds']} rounds interleaved with the baseline "
+             f"(one thread: orjson + write(2), {mmm(rates(base), '{:,.0f}')} events/s); "
              f"aim ≥ {pipeline['target_events_per_s_file']:,} events/s into the file sink:", "",
              "| into | events/s | CPU per 10k events | ratio to the baseline, by round | lost |",
              "|---|---|---|---|---|"]
     for name, sink in pipeline["sinks"].items():
-        ratio = sink.get("ratio_to_baseline_spread")
-        lines.append(f"| {name} | {span(sink, 'events_per_s', '{:,}')} | {sink['cpu_ms_per_10k_events']} ms | "
-                     f"{mmm(ratio, '{:.3f}') if ratio else sink['ratio_to_baseline']} | {sink['lost']} |")
+        lines.append(f"| {name} | {mmm(rates(sink), '{:,.0f}')} | "
+                     f"{sink['cpu_ms_per_10k_events']} ms | {mmm(sink['ratio_to_baseline_spread'], '{:.3f}')} | "
+                     f"{sink['lost']} |")
     return lines
 
 
-def span(d: dict, key: str, fmt: str) -> str:
-    """d[key] (a median) with d[key_min]–d[key_max] where the bench wrote them."""
-    if f"{key}_min" in d:
-        return f"{fmt.format(d[key])} ({fmt.format(d[key + '_min'])}–{fmt.format(d[key + '_max'])})"
-    return fmt.format(d[key])
+def rates(summary: dict) -> dict:
+    """A pipeline_bench summary's events/s: its median, and the slowest and fastest run."""
+    runs = summary["events_per_s_runs"]
+    return {"median": summary["events_per_s"], "min": min(runs), "max": max(runs)}
 
 
 def mtu_table(mtu) -> list[str]:
