@@ -19,7 +19,6 @@ round by round, and each figure is reported as its median, minimum and maximum.
 Results: bench/results/pipeline.json.
 """
 
-import argparse
 import os
 import platform
 import statistics
@@ -29,7 +28,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-from benchlib import ROUNDS, rounded, spread, write_result  # noqa: E402
+from benchlib import ROUNDS, one_line_parser, rounded, spread, write_result  # noqa: E402
 from netagent.events import new_event  # noqa: E402
 from netagent.jsonline import dumps_line  # noqa: E402
 from netagent.pipeline import Pipeline  # noqa: E402
@@ -375,7 +374,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = one_line_parser("pipeline_bench")
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds (at least 10; BENCH_ROUNDS)")
     ap.add_argument("--sink", action="append", choices=sorted(SINK_BENCHES), help="default: every sink")

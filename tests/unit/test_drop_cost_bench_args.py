@@ -1,4 +1,4 @@
-"""The drop-cost benchmarks refuse bad arguments in one line, exit 2, before any kernel or VM work."""
+"""The benchmarks refuse bad arguments in one line, exit 2, before any kernel, VM or pipeline work."""
 
 import os
 import subprocess
@@ -27,3 +27,14 @@ def test_vm_bench_wants_at_least_ten_rounds():
     proc = subprocess.run([sys.executable, os.path.join(BENCH, "vm_drop_cost_bench.py")], capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "BENCH_ROUNDS=3: at least 10 rounds" in proc.stderr
+
+
+@pytest.mark.parametrize("script, args, env, says", [
+    ("pipeline_bench.py", ["--rounds", "5"], {}, "pipeline_bench: --rounds 5: at least 10 rounds"),
+    ("mtu_bench.py", [], {"BENCH_ROUNDS": "3"}, "mtu_bench: BENCH_ROUNDS=3: at least 10 rounds"),
+])
+def test_benches_want_at_least_ten_rounds(script, args, env, says):
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == says + "\n" and proc.stdout == ""
